@@ -1,0 +1,226 @@
+"""One config loader: YAML file + `--opts key=value` overrides, validated against DEFAULTS.
+
+Every key a config may hold is listed in DEFAULTS with its default value; the
+type of that value is the key's type. A config file only has to name what it
+changes. Unknown keys and values of the wrong type are errors that name the key
+(and the closest valid key for a misspelling).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Any, Iterable
+
+import yaml
+from easydict import EasyDict
+
+# Keys whose default is None take a value of this type (None stays allowed).
+NULLABLE_TYPES: dict[str, type] = {
+    "dataset.split_file": str,
+    "dataset.store_image_size": int,
+    "dataset.synthetic.root": str,
+    "models.face.pretrained": str,
+    "models.voice.pretrained": str,
+    "testing.checkpoint": str,
+    "testing.extracted_features_path": str,
+    "testing.result_path": str,
+    "training.resume": str,
+}
+
+DEFAULTS: dict[str, Any] = {
+    "exp_name": "aasm",
+    "output_dir": "experiments",  # a run writes to <output_dir>/<exp_name>/
+    "seed": 0,
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "dataset": {
+        "audio_data_dir": "",
+        "image_data_dir": "",
+        "meta_file": "",
+        "list_dir": "",
+        "lmdb_dir": "",
+        # VoxCeleb1 ID ranges (inclusive) of each split; ids outside every range are unused.
+        "split_ranges": {
+            "val": ["id10001", "id10116"],
+            "test": ["id10117", "id10309"],
+            "train": ["id10310", "id11251"],
+        },
+        "split_file": None,  # CSV `VoxCeleb1 ID,split` that replaces split_ranges
+        "list_seed": 0,
+        "match_n": [2],  # 1:N matching lists to write (2 = the standard 1:2 lists)
+        "image_size": 112,
+        "store_image_size": None,  # pre-resize faces in the LMDB store; None keeps the JPEG
+        "sample_rate": 16000,
+        "clip_seconds": 10.0,
+        "num_workers": 4,
+        # The embedded corpus: when `root` is set, data.prepare generates it there first.
+        "synthetic": {"root": None, "identities": 300, "seed": 0},
+    },
+    "models": {
+        "embedding_dim": 128,
+        "face": {
+            "units": [3, 8, 36, 3],  # IR-152; IR-50 [3, 4, 14, 3], IR-100 [3, 13, 30, 3]
+            "widths": [64, 128, 256, 512],
+            "se": False,
+            "head_hidden": 256,
+            "pretrained": None,  # face.evoLVe backbone checkpoint
+        },
+        "voice": {
+            "layers": [3, 4, 6, 3],
+            "filters": [16, 32, 64, 128],
+            "n_mels": 40,
+            "head_hidden": 128,
+            "pretrained": None,  # voxceleb_trainer baseline_lite_ap.model
+        },
+    },
+    "training": {
+        "batch_size": 20,
+        "max_iter": 27000,
+        "lr": 0.01,
+        "momentum": 0.9,
+        "weight_decay": 0.0001,
+        "lr_steps": [6888, 9888],
+        "lr_gamma": 0.1,
+        "crop_seconds": [2.5, 5.0],
+        "temp": 0.5,
+        "m_u": 0.15,
+        "m_l": 0.2,
+        "H": True,
+        "regauge_iter": 6888,
+        "regauge_weight": 10.0,
+        "warm_up": 6440,
+        "weight_update_iter": 920,
+        "weighted_enabled": True,
+        "bcr_detach": False,
+        "val_start": 6888,
+        "val_iter": 6888,
+        "save_iter": 6888,
+        "keep_last": 3,
+        # 0: stop at max_iter. N > 0: the release's rule, go on past max_iter until
+        # the last N validation accuracies are non-increasing.
+        "plateau_patience": 0,
+        "amp": "off",  # off | bf16 | fp16 (CUDA only)
+        "channels_last": False,
+        "log_iter": 20,
+        "resume": None,  # checkpoint path, or "auto" for the newest in the run folder
+        "deterministic": False,
+    },
+    "testing": {
+        "split": "test",
+        "checkpoint": None,  # default: <output_dir>/<exp_name>/checkpoint_best.pth.tar
+        "extracted_features_path": None,  # default: <run>/features_<split>.pt
+        "result_path": None,  # default: <run>/results_<split>.txt
+        "batch_size": 32,
+        "bootstrap": 1000,
+        "ci_seed": 0,
+    },
+}
+
+CHOICES: dict[str, tuple] = {
+    "training.amp": ("off", "bf16", "fp16"),
+    "testing.split": ("val", "test"),
+}
+
+
+class ConfigError(ValueError):
+    """A config key is unknown or has a value of the wrong type."""
+
+
+def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in tree.items():
+        keys.append(prefix + k)
+        if isinstance(v, dict) and (prefix + k) not in NULLABLE_TYPES:
+            keys.extend(_flat_keys(v, prefix + k + "."))
+    return keys
+
+
+def _unknown_key(key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(key, _flat_keys(DEFAULTS), n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return ConfigError(f"{source}: unknown config key '{key}'{hint}")
+
+
+def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
+    expected = NULLABLE_TYPES.get(key, type(default) if default is not None else None)
+    if value is None:
+        if default is None or key in NULLABLE_TYPES:
+            return None
+        raise ConfigError(f"{source}: config key '{key}' may not be null (expected {expected.__name__})")
+    if expected is None:
+        return value
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if expected is bool and not isinstance(value, bool):
+        raise ConfigError(f"{source}: config key '{key}' expects true/false, got {value!r}")
+    if expected is int and isinstance(value, bool):
+        raise ConfigError(f"{source}: config key '{key}' expects an integer, got {value!r}")
+    if not isinstance(value, expected):
+        raise ConfigError(
+            f"{source}: config key '{key}' expects {expected.__name__}, got {type(value).__name__} {value!r}"
+        )
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{source}: config key '{key}' must be one of {CHOICES[key]}, got {value!r}")
+    return value
+
+
+def _merge(base: dict, update: dict, defaults: dict, source: str, prefix: str = "") -> None:
+    for k, v in update.items():
+        key = prefix + k
+        if k not in defaults:
+            raise _unknown_key(key, source)
+        default = defaults[k]
+        if isinstance(default, dict) and key not in NULLABLE_TYPES:
+            if not isinstance(v, dict):
+                raise ConfigError(f"{source}: config key '{key}' is a section, got {v!r}")
+            _merge(base[k], v, default, source, key + ".")
+        else:
+            base[k] = _check_value(key, v, default, source)
+
+
+def _parse_opts(opts: Iterable[str]) -> dict:
+    tree: dict = {}
+    for opt in opts:
+        if "=" not in opt:
+            raise ConfigError(f"--opts: expected key=value, got '{opt}'")
+        key, raw = opt.split("=", 1)
+        node = tree
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    return tree
+
+
+def load_config(path: str, opts: Iterable[str] = ()) -> EasyDict:
+    """Read a YAML config, apply `key=value` overrides, validate, fill defaults."""
+    try:
+        with open(path) as f:
+            user = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(user, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    cfg = copy.deepcopy(DEFAULTS)
+    _merge(cfg, user, DEFAULTS, path)
+    _merge(cfg, _parse_opts(opts), DEFAULTS, "--opts")
+    return EasyDict(cfg)
+
+
+def config_to_dict(cfg: EasyDict) -> dict:
+    """Plain nested dict of a config (for YAML dumps and checkpoints)."""
+    return {k: config_to_dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in cfg.items()}
+
+
+def save_config(cfg: EasyDict, path: str) -> None:
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
+
+
+def run_dir(cfg: EasyDict) -> str:
+    """Folder of a run: checkpoints, logs, tensorboard events, results."""
+    import os
+
+    return os.path.join(cfg.output_dir, cfg.exp_name)
