@@ -1,0 +1,75 @@
+"""torchrun / DistributedDataParallel plumbing; every helper is a no-op in a single process."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def setup(device_type: str) -> Context:
+    """Join the process group torchrun describes in the environment (if any)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Context()
+    backend = "nccl" if device_type == "cuda" else "gloo"
+    dist.init_process_group(backend=backend)
+    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def cleanup(ctx: Context) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(ctx: Context) -> None:
+    if ctx.enabled:
+        dist.barrier()
+
+
+def gather_with_grad(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order; gradients flow back to each rank's own rows."""
+    if not ctx.enabled:
+        return x
+    return torch.cat(dist_fn.all_gather(x), dim=0)
+
+
+def all_reduce_sum_(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    if ctx.enabled:
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x
+
+
+def broadcast_object(obj, ctx: Context):
+    """Rank 0's value of a picklable object on every rank."""
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather(x: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """Concatenate every rank's rows in rank order (no gradient)."""
+    if not ctx.enabled:
+        return x
+    parts = [torch.empty_like(x) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
