@@ -1,0 +1,233 @@
+"""Evaluation metrics of the voice-face protocol (PROTOCOL.md "Metrics"), vectorised.
+
+Score = cosine similarity. Lists are read once into integer rows of an
+embedding matrix (`read_list`, `read_retrieval_list`); every metric then works
+on whole arrays: no loop over list lines or queries. Values are fractions
+(the table multiplies by 100).
+"""
+from __future__ import annotations
+
+from itertools import repeat
+from statistics import NormalDist
+from typing import Mapping
+
+import numpy as np
+import torch
+
+
+class ListError(ValueError):
+    """A test list is missing, empty, malformed, or names a file without an embedding."""
+
+
+# ---------------------------------------------------------------- list files
+
+def _read_lines(path: str) -> tuple[str, list[str]]:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise ListError(f"list file not found: {path}") from None
+    lines = text.rstrip().splitlines()
+    if not lines:
+        raise ListError(f"{path}: the list is empty")
+    return text, lines
+
+
+def _rows_of(tokens: list[str], name2row: Mapping[str, int], path: str, line_of) -> np.ndarray:
+    """Embedding row of every path; a path without an embedding names its list line."""
+    rows = np.fromiter(map(name2row.get, tokens, repeat(-1)), np.int64, len(tokens))
+    missing = np.flatnonzero(rows < 0)
+    if missing.size:
+        first = int(missing[0])
+        raise ListError(f"{path}, line {line_of(first)}: no embedding for '{tokens[first]}' "
+                        f"({missing.size} of the list's {len(tokens)} paths have none)")
+    return rows
+
+
+def read_list(path: str, name2row: Mapping[str, int], min_columns: int = 2) -> np.ndarray:
+    """Matching or verification list -> (lines, columns) embedding rows; column 0 is the query."""
+    text, lines = _read_lines(path)
+    counts = np.fromiter(map(len, map(str.split, lines)), np.int64, len(lines))
+    columns = int(counts[0])
+    bad = np.flatnonzero((counts != columns) | (counts < min_columns))
+    if bad.size:
+        line = int(bad[0])
+        raise ListError(f"{path}, line {line + 1}: malformed, expected {max(columns, min_columns)} "
+                        f"space-separated paths, found {counts[line]}")
+    tokens = text.split()
+    rows = _rows_of(tokens, name2row, path, lambda i: i // columns + 1)
+    return rows.reshape(len(lines), columns)
+
+
+def read_retrieval_list(path: str, name2row: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Retrieval list (line 1 queries, line 2 gallery) -> (query rows, gallery rows)."""
+    _, lines = _read_lines(path)
+    if len(lines) != 2:
+        raise ListError(f"{path}: malformed, a retrieval list has 2 lines (queries, gallery), found {len(lines)}")
+    queries, gallery = lines[0].split(), lines[1].split()
+    for number, line in ((1, queries), (2, gallery)):
+        if not line:
+            raise ListError(f"{path}, line {number}: malformed, the line is empty")
+    return (_rows_of(queries, name2row, path, lambda i: 1),
+            _rows_of(gallery, name2row, path, lambda i: 2))
+
+
+# ---------------------------------------------------------------- scores
+
+def normalise(embeddings: np.ndarray) -> np.ndarray:
+    """x̂ = x / ‖x‖ per row (float32; a zero row stays zero)."""
+    x = np.asarray(embeddings, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+def line_scores(unit: np.ndarray, lines: np.ndarray) -> np.ndarray:
+    """Cosine of each line's query (column 0) with each of its candidates: (lines, columns - 1)."""
+    return np.einsum("ld,lnd->ln", unit[lines[:, 0]], unit[lines[:, 1:]])
+
+
+# ---------------------------------------------------------------- matching
+
+def matching_correct(scores: np.ndarray) -> np.ndarray:
+    """1:N matching outcome per line: the first candidate (the positive) scores highest; a tie is correct."""
+    return scores[:, 0] >= scores[:, 1:].max(axis=1)
+
+
+# ---------------------------------------------------------------- verification
+
+def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(fpr, tpr, thresholds) at every distinct score, descending, starting from (0, 0)."""
+    values, inverse = np.unique(scores, return_inverse=True)
+    positives = np.bincount(inverse, weights=labels, minlength=len(values))[::-1]
+    totals = np.bincount(inverse, minlength=len(values))[::-1]
+    tps = np.concatenate([[0.0], np.cumsum(positives)])
+    fps = np.concatenate([[0.0], np.cumsum(totals - positives)])
+    return fps / fps[-1], tps / tps[-1], np.concatenate([[np.inf], values[::-1]])
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """AUC = P(s⁺ > s⁻) + ½ P(s⁺ = s⁻), from average ranks (Mann-Whitney U)."""
+    labels = np.asarray(labels, dtype=bool)
+    positives, negatives = int(labels.sum()), int((~labels).sum())
+    if positives == 0 or negatives == 0:
+        raise ValueError(f"AUC needs both same- and different-identity pairs, got {positives} and {negatives}")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    average_rank = ends - (counts - 1) / 2.0  # 1-based rank, ties share their mean rank
+    rank_sum = average_rank[inverse][labels].sum()
+    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+
+
+def equal_error_rate(scores: np.ndarray, labels: np.ndarray) -> float:
+    """EER: the false-positive rate where it equals the false-negative rate on the linearly interpolated ROC."""
+    fpr, tpr, _ = roc_curve(scores, np.asarray(labels, dtype=np.float64))
+    gap = (1.0 - tpr) - fpr  # non-increasing from 1 to -1
+    i = int(np.argmax(gap <= 0))
+    t = gap[i - 1] / (gap[i - 1] - gap[i])
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+# ---------------------------------------------------------------- retrieval
+
+def _searchsorted_rows(sorted_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per row, how many entries of the ascending row are < each value."""
+    return torch.searchsorted(torch.from_numpy(sorted_rows), torch.from_numpy(values)).numpy()
+
+
+def average_precisions(queries: np.ndarray, gallery: np.ndarray, query_ids: np.ndarray,
+                       gallery_ids: np.ndarray, chunk_bytes: int = 1 << 26) -> np.ndarray:
+    """AP per query = (1/R) Σ over its R relevant items of precision at that item's score.
+
+    Precision at score s = #relevant ≥ s / #gallery ≥ s, so tied items share the
+    precision of the tie (scikit-learn's average_precision_score). Only the ranks
+    of the relevant items are needed: each block of queries sorts its rows of the
+    similarity matrix once and looks the relevant scores up in them. A query
+    with no relevant gallery item gets NaN.
+    """
+    gallery_order = np.argsort(gallery_ids, kind="stable")
+    unit_gallery = normalise(gallery)[gallery_order]
+    identities, starts, counts = np.unique(gallery_ids[gallery_order], return_index=True, return_counts=True)
+    slot = np.clip(np.searchsorted(identities, query_ids), 0, len(identities) - 1)
+    relevant = np.where(identities[slot] == query_ids, counts[slot], 0)
+    width = int(counts.max())
+    offsets = np.arange(width)
+    size = len(unit_gallery)
+
+    unit_queries = normalise(queries)
+    step = max(1, chunk_bytes // (4 * size))
+    precisions = np.empty(len(unit_queries))
+    for begin in range(0, len(unit_queries), step):  # blocks of queries bound the memory
+        block = slice(begin, begin + step)
+        scores = unit_queries[block] @ unit_gallery.T
+        valid = offsets < relevant[block, None]  # relevant items of a query: one contiguous block of columns
+        columns = np.minimum(starts[slot[block], None] + offsets, size - 1)
+        relevant_scores = np.where(valid, np.take_along_axis(scores, columns, axis=1), -np.inf).astype(np.float32)
+        scores.sort(axis=1)
+        at_least_all = size - _searchsorted_rows(scores, relevant_scores)
+        at_least_relevant = width - _searchsorted_rows(np.sort(relevant_scores, axis=1), relevant_scores)
+        precision = np.where(valid, at_least_relevant / np.maximum(at_least_all, 1), 0.0)
+        precisions[block] = precision.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(relevant > 0, precisions / relevant, np.nan)
+
+
+# ---------------------------------------------------------------- confidence intervals
+
+def _z(level: float) -> float:
+    return NormalDist().inv_cdf((1.0 + level) / 2.0)
+
+
+def wilson_interval(successes: np.ndarray | int, trials: np.ndarray | int,
+                    level: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of a binomial proportion (vectorised over arrays of counts)."""
+    n = np.asarray(trials, dtype=np.float64)
+    p = np.asarray(successes, dtype=np.float64) / n
+    z2 = _z(level) ** 2
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = np.sqrt(z2 * p * (1 - p) / n + z2 * z2 / (4 * n * n)) / (1 + z2 / n)
+    return centre - half, centre + half
+
+
+def _resample_counts(size: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
+    """(replicates, size) multiplicities of a bootstrap draw of `size` items with replacement."""
+    draws = rng.integers(0, size, size=(replicates, size)) + (np.arange(replicates) * size)[:, None]
+    return np.bincount(draws.ravel(), minlength=replicates * size).reshape(replicates, size)
+
+
+def bootstrap_mean(values: np.ndarray, replicates: int, rng: np.random.Generator,
+                   chunk: int = 1 << 22) -> np.ndarray:
+    """Means of `replicates` bootstrap resamples of `values`."""
+    values = np.asarray(values, dtype=np.float64)
+    step = max(1, chunk // len(values))
+    return np.concatenate([_resample_counts(len(values), min(step, replicates - b), rng) @ values / len(values)
+                           for b in range(0, replicates, step)])
+
+
+def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, replicates: int, rng: np.random.Generator,
+                  chunk: int = 1 << 22) -> np.ndarray:
+    """AUCs of `replicates` bootstrap resamples of the (score, label) pairs.
+
+    Each resample is a vector of multiplicities over the pairs sorted by score,
+    so its Mann-Whitney statistic is one cumulative sum: no re-sorting.
+    """
+    order = np.argsort(scores, kind="stable")
+    labels = np.asarray(labels, dtype=bool)[order]
+    ordered = np.asarray(scores)[order]
+    ties = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first pair of each distinct score
+    step = max(1, chunk // len(ordered))
+    out = []
+    for b in range(0, replicates, step):
+        weights = _resample_counts(len(ordered), min(step, replicates - b), rng)
+        positive = np.add.reduceat(weights * labels, ties, axis=1)
+        negative = np.add.reduceat(weights * ~labels, ties, axis=1)
+        below = np.cumsum(negative, axis=1) - negative
+        pairs = positive.sum(axis=1) * negative.sum(axis=1)
+        out.append((positive * (below + 0.5 * negative)).sum(axis=1) / pairs)
+    return np.concatenate(out)
+
+
+def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval (NaN replicates, e.g. a resample with one class only, are dropped)."""
+    finite = replicates[np.isfinite(replicates)]
+    low, high = np.quantile(finite, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
