@@ -1,0 +1,17 @@
+"""Projection head shared by both encoders: Linear (no bias) → ReLU → Linear (no bias)."""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from torch import nn
+
+
+class ProjectionHead(nn.Sequential):
+    """Backbone features → the D-dimensional joint embedding (not L2-normalised)."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int):
+        super().__init__(OrderedDict(
+            hidden=nn.Linear(in_features, hidden, bias=False),
+            relu=nn.ReLU(),
+            output=nn.Linear(hidden, out_features, bias=False),
+        ))
