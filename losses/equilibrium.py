@@ -1,0 +1,57 @@
+"""IE (Instance Equilibrium): per-identity weights from how well each identity's voice ranks its own face."""
+from __future__ import annotations
+
+import math
+
+import torch
+from easydict import EasyDict
+from torch import nn
+
+
+def should_refresh(iteration: int, cfg_training: EasyDict) -> bool:
+    """Refresh the weights at iteration t when t ≥ warm_up and t mod weight_update_iter = 0."""
+    return iteration >= cfg_training.warm_up and iteration % cfg_training.weight_update_iter == 0
+
+
+class InstanceEquilibrium(nn.Module):
+    """Counters R_k (correct), N_k (comparisons) and weights w_k of every training identity k.
+
+    All three are buffers, so they travel with `state_dict()` (checkpoints, resume) and `.to(device)`.
+    """
+
+    def __init__(self, num_identities: int):
+        super().__init__()
+        self.register_buffer("correct_counts", torch.zeros(num_identities))
+        self.register_buffer("comparison_counts", torch.zeros(num_identities))
+        self.register_buffer("identity_weights", torch.ones(num_identities))
+
+    @torch.no_grad()
+    def accumulate(self, labels: torch.Tensor, correct: torch.Tensor, comparisons: int | torch.Tensor) -> None:
+        """R_{y_i} += k_i and N_{y_i} += comparisons (B − 1 per row)."""
+        correct = correct.detach().to(self.correct_counts.dtype)
+        self.correct_counts.index_add_(0, labels, correct)
+        self.comparison_counts.index_add_(0, labels, torch.ones_like(correct) * comparisons)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        """w_k = N(ρ_k; mean(ρ) − σ, σ) with ρ_k = R_k/N_k over the identities seen since the last refresh.
+
+        Unseen identities keep their weight and stay out of the mean and the (unbiased) std; with fewer
+        than two seen identities, or σ = 0, the pdf is undefined and every weight is kept. Counters restart.
+        Written with masks only, so it never waits for the GPU.
+        """
+        seen = self.comparison_counts > 0
+        count = seen.sum().to(self.correct_counts.dtype)
+        ratio = self.correct_counts / self.comparison_counts.clamp(min=1)
+        mean = torch.where(seen, ratio, 0).sum() / count
+        std = (torch.where(seen, ratio - mean, 0).square().sum() / (count - 1)).sqrt()
+        centre = mean - std
+        pdf = torch.exp(-0.5 * ((ratio - centre) / std).square()) / (std * math.sqrt(2 * math.pi))
+        usable = seen & (count >= 2) & (std > 0) & torch.isfinite(pdf)
+        self.identity_weights.copy_(torch.where(usable, pdf, self.identity_weights))
+        self.correct_counts.zero_()
+        self.comparison_counts.zero_()
+
+    def weights_of(self, labels: torch.Tensor) -> torch.Tensor:
+        """w_{y_i} for each row's training label (B,)."""
+        return self.identity_weights[labels]

@@ -1,0 +1,53 @@
+"""The training loss of one iteration: AaSM on three pairs, plus the re-gauged BCR weighted by IE."""
+from __future__ import annotations
+
+import torch
+from easydict import EasyDict
+
+from losses.bcr import nonzero_mean
+from losses.equilibrium import InstanceEquilibrium, should_refresh
+from losses.pairs import bidirectional_terms
+
+PAIRS = ("cross", "face", "voice")
+
+
+def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, voice_aux: torch.Tensor,
+               labels: torch.Tensor, equilibrium: InstanceEquilibrium | None, iteration: int,
+               cfg_training: EasyDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """L = mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) + [t ≥ regauge_iter]·λ·Σ_pairs Z(b ⊙ w_y).
+
+    Embeddings are B×D, row i of all four from identity `labels[i]`. With an `equilibrium`, this call
+    also does IE's bookkeeping: it first refreshes the weights when `should_refresh(iteration)` (so the
+    refreshed weights already serve this iteration's loss), then adds this iteration's cross-pair
+    counts. The caller must not refresh or accumulate itself. Returns the loss and detached terms.
+    """
+    cfg = cfg_training
+    with torch.autocast(device_type=face.device.type, enabled=False):
+        face, face_aux, voice, voice_aux = (x.float() for x in (face, face_aux, voice, voice_aux))
+        options = dict(temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l, hinge=cfg.H)
+        # The two intra-modal pairs share one batched call: leading dimension [face, voice].
+        cross = bidirectional_terms(face, voice, cross=True, **options)
+        intra = bidirectional_terms(torch.stack([face, voice]), torch.stack([face_aux, voice_aux]), cross=False,
+                                    **options)
+        aasm, bcr, correct = (torch.cat([c[None], i]) for c, i in zip(cross, intra))  # rows: PAIRS, each 3×B
+        if cfg.bcr_detach:
+            bcr = bcr.detach()  # the release: BCR changes only the logged loss
+
+        if equilibrium is not None and should_refresh(iteration, cfg):
+            equilibrium.refresh()
+        if cfg.weighted_enabled and equilibrium is not None:
+            regauge = nonzero_mean(bcr * equilibrium.weights_of(labels)).sum()
+        else:
+            regauge = bcr.mean(dim=-1).sum()
+
+        loss = aasm[0].mean() + (aasm[1] + aasm[2]).mean()
+        if iteration >= cfg.regauge_iter:
+            loss = loss + cfg.regauge_weight * regauge
+        if equilibrium is not None:
+            equilibrium.accumulate(labels, correct[0], face.shape[0] - 1)
+
+    terms = {f"aasm_{name}": aasm[k].mean().detach() for k, name in enumerate(PAIRS)}
+    terms.update({f"bcr_{name}": bcr[k].mean().detach() for k, name in enumerate(PAIRS)})
+    terms["regauge"] = regauge.detach()
+    terms["rank_accuracy"] = correct[0].mean().detach() / (face.shape[0] - 1)
+    return loss, terms
