@@ -1,0 +1,276 @@
+"""Checkpoints: our own format, the authors' released checkpoint, and the public pretrained backbones.
+
+Our format is `{'format': 'aasm', 'iteration', 'model', 'equilibrium', 'optimizer', 'best_val', 'rng',
+'config'}`, with `model`/`equilibrium` the modules' own state_dicts. Everything in it must load with
+`torch.load(weights_only=True)`: tensors, numbers, strings, lists, dicts (no numpy arrays).
+
+The release stores `{'start_it', 'stage', 'state_dict', 'optimizer'}`; its state_dict names the face
+network `vNet`, the voice network `aNet`, the input normalisation `normalize` and the equilibrium `eqm`.
+The tables below map those names onto ours; they are the only place the release's names appear.
+Keys the release stores but the method never uses are skipped and named in the log; any other key
+that maps to nothing, and any of our keys that nothing maps to, is an error naming the file.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.face import InputNormalization
+
+log = logging.getLogger(__name__)
+
+OWN_FORMAT = "aasm"
+
+# (pattern matched at the start of a key, replacement): the first match renames the key.
+Rule = tuple[str, str]
+
+FACE_BACKBONE: tuple[Rule, ...] = (
+    (r"input_layer\.0\.", "stem.conv."),
+    (r"input_layer\.1\.", "stem.bn."),
+    (r"input_layer\.2\.", "stem.prelu."),
+    (r"body\.(\d+)\.res_layer\.0\.", r"body.\1.residual.bn_in."),
+    (r"body\.(\d+)\.res_layer\.1\.", r"body.\1.residual.conv1."),
+    (r"body\.(\d+)\.res_layer\.2\.", r"body.\1.residual.prelu."),
+    (r"body\.(\d+)\.res_layer\.3\.", r"body.\1.residual.conv2."),
+    (r"body\.(\d+)\.res_layer\.4\.", r"body.\1.residual.bn_out."),
+    (r"body\.(\d+)\.res_layer\.5\.fc1\.", r"body.\1.residual.se.reduce."),
+    (r"body\.(\d+)\.res_layer\.5\.fc2\.", r"body.\1.residual.se.expand."),
+    (r"body\.(\d+)\.shortcut_layer\.0\.", r"body.\1.shortcut.conv."),
+    (r"body\.(\d+)\.shortcut_layer\.1\.", r"body.\1.shortcut.bn."),
+)
+VOICE_BACKBONE: tuple[Rule, ...] = (
+    (r"torchfb\.", "front_end.mel."),
+    (r"conv1\.", "stem.conv."),
+    (r"bn1\.", "stem.bn."),
+    (r"layer(\d)\.(\d+)\.se\.fc\.0\.", r"body.stage\1.\2.se.reduce."),
+    (r"layer(\d)\.(\d+)\.se\.fc\.2\.", r"body.stage\1.\2.se.expand."),
+    (r"layer(\d)\.(\d+)\.downsample\.0\.", r"body.stage\1.\2.shortcut.conv."),
+    (r"layer(\d)\.(\d+)\.downsample\.1\.", r"body.stage\1.\2.shortcut.bn."),
+    (r"layer(\d)\.", r"body.stage\1."),
+    (r"sap_linear\.", "pooling.projection."),
+    (r"attention$", "pooling.context"),
+)
+HEAD: tuple[Rule, ...] = ((r"0\.", "hidden."), (r"2\.", "output."))
+EQUILIBRIUM: tuple[Rule, ...] = (
+    (r"corr_num$", "correct_counts"),
+    (r"compare_sum$", "comparison_counts"),
+    (r"weight$", "identity_weights"),
+)
+EVERYTHING = ""  # an `unused` pattern that matches every key of its section
+
+
+@dataclass(frozen=True)
+class Section:
+    """Keys starting with `source` in a file become `target` + the renamed rest, unless `unused` matches."""
+
+    source: str
+    target: str
+    rules: tuple[Rule, ...] = ()
+    unused: str | None = None
+
+
+FACE_SECTION = Section("vNet.model.", "face_encoder.", FACE_BACKBONE, unused=r"output_layer\.")
+VOICE_SECTION = Section("aNet.model.", "voice_encoder.", VOICE_BACKBONE, unused=r"fc\.")
+RELEASED_MODEL = (
+    FACE_SECTION,
+    Section("vNet.fc.", "face_encoder.head.", HEAD),
+    VOICE_SECTION,
+    Section("aNet.fc.", "voice_encoder.head.", HEAD),
+    # Two top-level copies of the IE counters that nothing reads.
+    Section("corr_num", "", unused=EVERYTHING),
+    Section("compare_sum", "", unused=EVERYTHING),
+)
+RELEASED_NORMALIZATION = {"normalize.conv.weight": InputNormalization.scale,
+                          "normalize.conv.bias": InputNormalization.shift}
+RELEASED_EQUILIBRIUM = Section("eqm.", "", EQUILIBRIUM)
+PRETRAINED_FACE = (Section("", "face_encoder.", FACE_BACKBONE, unused=r"output_layer\."),)
+PRETRAINED_VOICE = (
+    Section("__S__.", "voice_encoder.", VOICE_BACKBONE, unused=r"fc\."),
+    Section("__L__.", "", unused=EVERYTHING),  # the training loss's own parameters
+)
+
+
+def _translate(state_dict: dict[str, torch.Tensor], sections: tuple[Section, ...], path: str
+               ) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename a file's keys into ours; returns (renamed entries, skipped unused keys). Unmapped keys raise."""
+    renamed, unused, unknown = {}, [], []
+    for key, value in state_dict.items():
+        section = next((s for s in sections if key.startswith(s.source)), None)
+        rest = key[len(section.source):] if section else key
+        if section and section.unused is not None and re.match(section.unused, rest):
+            unused.append(key)
+            continue
+        for pattern, replacement in section.rules if section else ():
+            new, hits = re.subn("^" + pattern, replacement, rest)
+            if hits:
+                renamed[section.target + new] = value
+                break
+        else:
+            unknown.append(key)
+    if unknown:
+        raise KeyError(f"{path}: unexpected keys that map to nothing in the model: {_names(unknown)}")
+    return renamed, unused
+
+
+def _names(keys: list[str], limit: int = 20) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+
+
+def _fit(value: torch.Tensor, target: torch.Tensor, key: str, path: str) -> torch.Tensor:
+    """The file's tensor in our shape: a 1×1 conv weight (face.evoLVe's SE) may serve a Linear weight."""
+    if value.shape == target.shape:
+        return value
+    if value.dim() == 4 and value.shape[2:] == (1, 1) and value.shape[:2] == target.shape:
+        return value.reshape(target.shape)
+    raise ValueError(f"{path}: '{key}' has shape {tuple(value.shape)}, the model built from the config "
+                     f"expects {tuple(target.shape)} (do models.* in the config match the checkpoint?)")
+
+
+def _load_entries(module: nn.Module, entries: dict[str, torch.Tensor], required: list[str], path: str) -> None:
+    """Load `entries` into `module`: every key of `required` must be there and every entry must exist."""
+    own = module.state_dict()
+    missing = [k for k in required if k not in entries]
+    extra = [k for k in entries if k not in own]
+    if missing:
+        raise KeyError(f"{path}: the model's keys are missing from the checkpoint: {_names(missing)}")
+    if extra:
+        raise KeyError(f"{path}: the checkpoint has keys the model built from the config lacks: {_names(extra)}")
+    module.load_state_dict({k: _fit(v, own[k], k, path) for k, v in entries.items()}, strict=False)
+
+
+def _read(path: str, config_key: str | None = None) -> dict:
+    if not os.path.isfile(path):
+        where = f"{config_key}: " if config_key else ""
+        raise FileNotFoundError(f"{where}checkpoint file not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_released(model: nn.Module, state_dict: dict[str, torch.Tensor], equilibrium: nn.Module | None,
+                   path: str) -> None:
+    normalization = {k: state_dict.pop(k, None) for k in RELEASED_NORMALIZATION}
+    for key, expected in RELEASED_NORMALIZATION.items():
+        if normalization[key] is None:
+            raise KeyError(f"{path}: the model's keys are missing from the checkpoint: {key}")
+        # Ours is fixed, not loaded: the file must hold the same constant.
+        if not torch.allclose(normalization[key], torch.full_like(normalization[key], expected)):
+            raise ValueError(f"{path}: '{key}' is not the fixed (x − 127.5)/127.5 input normalisation")
+    counters = {k: state_dict.pop(k) for k in list(state_dict) if k.startswith(RELEASED_EQUILIBRIUM.source)}
+    weights, unused = _translate(state_dict, RELEASED_MODEL, path)
+    _load_entries(model, weights, list(model.state_dict()), path)
+    if equilibrium is None:
+        unused += list(counters)
+    else:
+        counters, _ = _translate(counters, (RELEASED_EQUILIBRIUM,), path)
+        _load_equilibrium(equilibrium, counters, path)
+        if not torch.isfinite(equilibrium.identity_weights).all():
+            # The release never fills its counters, so its first refresh leaves every weight NaN.
+            log.warning("%s: non-finite identity weights (the release's 0/0 refresh): reset to 1", path)
+            equilibrium.identity_weights.copy_(torch.where(torch.isfinite(equilibrium.identity_weights),
+                                                           equilibrium.identity_weights, 1.0))
+    log.info("%s: skipped %d keys the method does not use: %s", path, len(unused), ", ".join(unused))
+
+
+def _load_equilibrium(equilibrium: nn.Module, entries: dict[str, torch.Tensor], path: str) -> None:
+    own = equilibrium.state_dict()
+    for key, value in entries.items():
+        if key in own and value.shape != own[key].shape:
+            raise ValueError(f"{path}: '{key}' holds {tuple(value.shape)[0]} training identities, the "
+                             f"equilibrium was built for {tuple(own[key].shape)[0]}")
+    _load_entries(equilibrium, entries, list(own), path)
+
+
+def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None = None) -> dict:
+    """Restore `model` (and `equilibrium`, when given) from our checkpoint or the released one.
+
+    Returns the raw checkpoint dict (optimizer, iteration, RNG states... are the caller's business).
+    """
+    checkpoint = _read(path)
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
+    if checkpoint.get("format") == OWN_FORMAT:
+        _load_entries(model, checkpoint["model"], list(model.state_dict()), path)
+        if equilibrium is not None:
+            if checkpoint.get("equilibrium") is None:
+                raise KeyError(f"{path}: holds no 'equilibrium' state to restore")
+            _load_equilibrium(equilibrium, checkpoint["equilibrium"], path)
+    elif "state_dict" in checkpoint and "start_it" in checkpoint:
+        _load_released(model, dict(checkpoint["state_dict"]), equilibrium, path)
+    else:
+        raise ValueError(f"{path}: neither our checkpoint format ('format': '{OWN_FORMAT}') nor the released "
+                         f"one ('start_it', 'state_dict'); top-level keys: {sorted(checkpoint)}")
+    log.info("%s: loaded", path)
+    return checkpoint
+
+
+def _load_pretrained(model: nn.Module, path: str, config_key: str, sections: tuple[Section, ...],
+                     encoder: str) -> None:
+    weights, unused = _translate(_read(path, config_key), sections, path)
+    required = [k for k in model.state_dict() if k.startswith(encoder + ".") and not k.startswith(encoder + ".head.")]
+    _load_entries(model, weights, required, path)
+    log.info("%s: %s backbone loaded (%d tensors); skipped %d unused keys: %s", path, encoder, len(weights),
+             len(unused), ", ".join(unused))
+
+
+def load_pretrained_face(model: nn.Module, path: str) -> None:
+    """Face backbone (stem + body) from a face.evoLVe IR checkpoint (`input_layer.*`, `body.*`, `output_layer.*`)."""
+    _load_pretrained(model, path, "models.face.pretrained", PRETRAINED_FACE, "face_encoder")
+
+
+def load_pretrained_voice(model: nn.Module, path: str) -> None:
+    """Voice backbone from voxceleb_trainer's `baseline_lite_ap.model` (`__S__.*`; `__L__.*` ignored)."""
+    _load_pretrained(model, path, "models.voice.pretrained", PRETRAINED_VOICE, "voice_encoder")
+
+
+def save_checkpoint(state: dict, path: str) -> None:
+    """Write atomically: a temporary file in the same folder, fsync, then rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pth.tar")
+    try:
+        with os.fdopen(descriptor, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    folder_descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(folder_descriptor)  # make the rename itself durable
+    finally:
+        os.close(folder_descriptor)
+
+
+def periodic_checkpoints(run_dir: str) -> list[str]:
+    """The run's `checkpoint_<iteration>.pth.tar` files, oldest iteration first (never `checkpoint_best`)."""
+    found = []
+    for path in glob.glob(os.path.join(run_dir, "checkpoint_*.pth.tar")):
+        match = re.fullmatch(r"checkpoint_(\d+)\.pth\.tar", os.path.basename(path))
+        if match:
+            found.append((int(match.group(1)), path))
+    return [path for _, path in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    """The newest periodic checkpoint of a run (what `training.resume: auto` resumes from), or None."""
+    found = periodic_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(run_dir: str, keep_last: int) -> None:
+    """Delete all but the `keep_last` newest periodic checkpoints (keep_last < 1 keeps them all)."""
+    if keep_last < 1:
+        return
+    for path in periodic_checkpoints(run_dir)[:-keep_last]:
+        os.remove(path)
+        log.info("removed old checkpoint %s", path)
