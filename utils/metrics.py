@@ -7,6 +7,7 @@ on whole arrays: no loop over list lines or queries. Values are fractions
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from statistics import NormalDist
 from typing import Mapping
@@ -141,34 +142,36 @@ def average_precisions(queries: np.ndarray, gallery: np.ndarray, query_ids: np.n
     Precision at score s = #relevant ≥ s / #gallery ≥ s, so tied items share the
     precision of the tie (scikit-learn's average_precision_score). Only the ranks
     of the relevant items are needed: each block of queries sorts its rows of the
-    similarity matrix once and looks the relevant scores up in them. A query
-    with no relevant gallery item gets NaN.
+    similarity matrix once and looks the relevant scores up in them. Blocks bound
+    the memory and run on torch's intra-op thread count (the sorts release the GIL).
+    A query with no relevant gallery item gets NaN.
     """
     gallery_order = np.argsort(gallery_ids, kind="stable")
     unit_gallery = normalise(gallery)[gallery_order]
     identities, starts, counts = np.unique(gallery_ids[gallery_order], return_index=True, return_counts=True)
     slot = np.clip(np.searchsorted(identities, query_ids), 0, len(identities) - 1)
     relevant = np.where(identities[slot] == query_ids, counts[slot], 0)
+    # The relevant items of a query are one contiguous block of the identity-sorted gallery.
+    first_relevant = starts[slot]
     width = int(counts.max())
-    offsets = np.arange(width)
-    size = len(unit_gallery)
-
     unit_queries = normalise(queries)
-    step = max(1, chunk_bytes // (4 * size))
-    precisions = np.empty(len(unit_queries))
-    for begin in range(0, len(unit_queries), step):  # blocks of queries bound the memory
-        block = slice(begin, begin + step)
+
+    def precision_sums(block: slice) -> np.ndarray:
         scores = unit_queries[block] @ unit_gallery.T
-        valid = offsets < relevant[block, None]  # relevant items of a query: one contiguous block of columns
-        columns = np.minimum(starts[slot[block], None] + offsets, size - 1)
+        valid = np.arange(width) < relevant[block, None]
+        columns = np.minimum(first_relevant[block, None] + np.arange(width), len(unit_gallery) - 1)
         relevant_scores = np.where(valid, np.take_along_axis(scores, columns, axis=1), -np.inf).astype(np.float32)
         scores.sort(axis=1)
-        at_least_all = size - _searchsorted_rows(scores, relevant_scores)
+        at_least_all = len(unit_gallery) - _searchsorted_rows(scores, relevant_scores)
         at_least_relevant = width - _searchsorted_rows(np.sort(relevant_scores, axis=1), relevant_scores)
-        precision = np.where(valid, at_least_relevant / np.maximum(at_least_all, 1), 0.0)
-        precisions[block] = precision.sum(axis=1)
+        return np.where(valid, at_least_relevant / np.maximum(at_least_all, 1), 0.0).sum(axis=1)
+
+    step = max(1, chunk_bytes // (4 * len(unit_gallery)))
+    blocks = [slice(b, b + step) for b in range(0, len(unit_queries), step)]
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        sums = np.concatenate(list(pool.map(precision_sums, blocks)))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(relevant > 0, precisions / relevant, np.nan)
+        return np.where(relevant > 0, sums / relevant, np.nan)
 
 
 # ---------------------------------------------------------------- confidence intervals
@@ -189,40 +192,47 @@ def wilson_interval(successes: np.ndarray | int, trials: np.ndarray | int,
 
 
 def _resample_counts(size: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
-    """(replicates, size) multiplicities of a bootstrap draw of `size` items with replacement."""
+    """(replicates, size) int32 multiplicities of bootstrap draws of `size` items with replacement."""
     draws = rng.integers(0, size, size=(replicates, size)) + (np.arange(replicates) * size)[:, None]
-    return np.bincount(draws.ravel(), minlength=replicates * size).reshape(replicates, size)
+    return np.bincount(draws.ravel(), minlength=replicates * size).astype(np.int32).reshape(replicates, size)
+
+
+def _chunks(replicates: int, size: int, chunk: int) -> list[int]:
+    step = max(1, chunk // size)
+    return [min(step, replicates - b) for b in range(0, replicates, step)]
 
 
 def bootstrap_mean(values: np.ndarray, replicates: int, rng: np.random.Generator,
                    chunk: int = 1 << 22) -> np.ndarray:
     """Means of `replicates` bootstrap resamples of `values`."""
     values = np.asarray(values, dtype=np.float64)
-    step = max(1, chunk // len(values))
-    return np.concatenate([_resample_counts(len(values), min(step, replicates - b), rng) @ values / len(values)
-                           for b in range(0, replicates, step)])
+    return np.concatenate([_resample_counts(len(values), n, rng) @ values / len(values)
+                           for n in _chunks(replicates, len(values), chunk)])
 
 
 def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, replicates: int, rng: np.random.Generator,
                   chunk: int = 1 << 22) -> np.ndarray:
     """AUCs of `replicates` bootstrap resamples of the (score, label) pairs.
 
-    Each resample is a vector of multiplicities over the pairs sorted by score,
-    so its Mann-Whitney statistic is one cumulative sum: no re-sorting.
+    A resample is a vector of multiplicities over the pairs sorted by score, so
+    its Mann-Whitney statistic is one cumulative sum (integer arithmetic, exact).
     """
     order = np.argsort(scores, kind="stable")
-    labels = np.asarray(labels, dtype=bool)[order]
     ordered = np.asarray(scores)[order]
+    positive = np.asarray(labels, dtype=bool)[order]
     ties = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first pair of each distinct score
-    step = max(1, chunk // len(ordered))
     out = []
-    for b in range(0, replicates, step):
-        weights = _resample_counts(len(ordered), min(step, replicates - b), rng)
-        positive = np.add.reduceat(weights * labels, ties, axis=1)
-        negative = np.add.reduceat(weights * ~labels, ties, axis=1)
-        below = np.cumsum(negative, axis=1) - negative
-        pairs = positive.sum(axis=1) * negative.sum(axis=1)
-        out.append((positive * (below + 0.5 * negative)).sum(axis=1) / pairs)
+    for n in _chunks(replicates, len(ordered), chunk):
+        weights = _resample_counts(len(ordered), n, rng)
+        positives, negatives = weights * positive, weights * ~positive
+        if len(ties) < len(ordered):  # pool tied pairs: a tie between classes counts ½
+            positives = np.add.reduceat(positives, ties, axis=1)
+            negatives = np.add.reduceat(negatives, ties, axis=1)
+        twice_below = 2 * np.cumsum(negatives, axis=1, dtype=np.int32) - negatives  # 2·(#below + ½·#tied)
+        twice_u = (positives * twice_below).sum(axis=1, dtype=np.int64)
+        pairs = positives.sum(axis=1, dtype=np.int64) * negatives.sum(axis=1, dtype=np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(twice_u / (2.0 * pairs))
     return np.concatenate(out)
 
 
