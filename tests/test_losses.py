@@ -1,0 +1,264 @@
+import math
+import os
+
+import pytest
+import torch
+from easydict import EasyDict
+from scipy.stats import norm
+
+from conftest import DATA, ROOT
+from losses import InstanceEquilibrium, bidirectional_terms, nonzero_mean, pair_terms, should_refresh, total_loss
+from utils.config import load_config
+
+CASES = torch.load(os.path.join(DATA, "loss_cases.pt"), weights_only=True)
+# Reference key 'term[A->C]': anchors A, candidates C.
+DIRECTIONS = {
+    "voice->face": ("voice", "face", True),
+    "face->voice": ("face", "voice", True),
+    "face_aux->face": ("face_aux", "face", False),
+    "face->face_aux": ("face", "face_aux", False),
+    "voice_aux->voice": ("voice_aux", "voice", False),
+    "voice->voice_aux": ("voice", "voice_aux", False),
+}
+RELEASED_TRAINING = load_config(os.path.join(ROOT, "config", "cfg.yaml")).training
+
+
+def options(case):
+    return dict(temp=case["temp"], m_u=case["m_u"], m_l=case["m_l"], hinge=case["hinge"])
+
+
+def training_cfg(case, **changes):
+    cfg = EasyDict(RELEASED_TRAINING)
+    cfg.update(temp=case["temp"], m_u=case["m_u"], m_l=case["m_l"], H=case["hinge"])
+    cfg.update(changes)
+    return cfg
+
+
+def assert_relative(actual, expected, rtol=1e-5):
+    torch.testing.assert_close(actual.to(expected.dtype) if expected.is_floating_point() else actual,
+                               expected.to(actual.dtype), rtol=rtol, atol=1e-7)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_pair_terms_match_the_release(index, direction):
+    case = CASES[index]
+    anchors, candidates, cross = DIRECTIONS[direction]
+    aasm, bcr, correct = pair_terms(case[anchors], case[candidates], cross=cross, **options(case))
+    assert aasm.shape == bcr.shape == correct.shape == (case[anchors].shape[0],)
+    assert_relative(aasm, case[f"aasm[{direction}]"])
+    assert_relative(bcr, case[f"bcr[{direction}]"])
+    assert torch.equal(correct.long(), case[f"correct[{direction}]"].long())
+
+
+def test_reference_cases_exercise_bcr():
+    # Guards the parity test against trivially-zero references.
+    for case in CASES:
+        assert all((case[f"bcr[{d}]"] != 0).any() for d in DIRECTIONS)
+    assert {case["hinge"] for case in CASES} == {True, False}
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_bidirectional_terms_combine_both_directions(index):
+    case = CASES[index]
+    for x, y, cross, forward, backward in [
+        ("face", "voice", True, "voice->face", "face->voice"),
+        ("face", "face_aux", False, "face_aux->face", "face->face_aux"),
+        ("voice", "voice_aux", False, "voice_aux->voice", "voice->voice_aux"),
+    ]:
+        aasm, bcr, correct = bidirectional_terms(case[x], case[y], cross=cross, **options(case))
+        assert_relative(aasm, 0.5 * (case[f"aasm[{forward}]"] + case[f"aasm[{backward}]"]))
+        b1, b2 = case[f"bcr[{forward}]"], case[f"bcr[{backward}]"]
+        count = (b1 != 0).float() + (b2 != 0).float()
+        expected = torch.tensor([(p + q) / n if n else 0.0 for p, q, n in zip(b1.tolist(), b2.tolist(), count.tolist())])
+        assert_relative(bcr, expected)
+        assert torch.equal(correct.long(), case[f"correct[{forward}]"].long())
+
+
+def test_nonzero_mean_skips_zeros():
+    values = torch.tensor([[0.0, 2.0, 4.0], [0.0, 0.0, 0.0]])
+    assert torch.equal(nonzero_mean(values), torch.tensor([3.0, 0.0]))
+
+
+def case_inputs(case, requires_grad=False):
+    return [case[k].clone().requires_grad_(requires_grad) for k in ("face", "face_aux", "voice", "voice_aux")]
+
+
+def per_pair_terms(case):
+    face, face_aux, voice, voice_aux = case_inputs(case)
+    return [bidirectional_terms(x, y, cross=c, **options(case))
+            for x, y, c in [(face, voice, True), (face, face_aux, False), (voice, voice_aux, False)]]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+def test_total_loss_follows_the_regauge_schedule(index):
+    case = CASES[index]
+    cfg = training_cfg(case)
+    size = case["face"].shape[0]
+    labels = torch.arange(size)
+    pairs = per_pair_terms(case)
+    aasm = pairs[0][0].mean() + (pairs[1][0] + pairs[2][0]).mean()
+    weights = torch.linspace(0.5, 1.5, size)
+    regauge = sum(nonzero_mean(bcr * weights) for _, bcr, _ in pairs)
+
+    equilibrium = InstanceEquilibrium(size)
+    equilibrium.identity_weights.copy_(weights)
+    before, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter - 1, cfg)
+    assert_relative(before, aasm)
+    after, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter, cfg)
+    assert_relative(after, aasm + 10.0 * regauge)
+    assert_relative(terms["regauge"], regauge)
+    assert terms["regauge"] > 0
+
+    unweighted = training_cfg(case, weighted_enabled=False)
+    plain, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter, unweighted)
+    assert_relative(plain, aasm + 10.0 * sum(bcr.mean() for _, bcr, _ in pairs))
+
+
+def test_total_loss_uses_each_rows_own_weight():
+    case = CASES[0]
+    cfg = training_cfg(case)
+    labels = torch.arange(20).flip(0) + 5
+    equilibrium = InstanceEquilibrium(30)
+    equilibrium.identity_weights.copy_(torch.rand(30, generator=torch.Generator().manual_seed(1)) + 0.5)
+    _, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter, cfg)
+    weights = equilibrium.identity_weights[labels]
+    expected = sum(nonzero_mean(bcr * weights) for _, bcr, _ in per_pair_terms(case))
+    assert_relative(terms["regauge"], expected)
+
+
+def gradients(case, **changes):
+    inputs = case_inputs(case, requires_grad=True)
+    cfg = training_cfg(case, **changes)
+    iteration = changes.get("iteration", cfg.regauge_iter)
+    loss, _ = total_loss(*inputs, torch.arange(case["face"].shape[0]), InstanceEquilibrium(20), iteration, cfg)
+    loss.backward()
+    return [x.grad for x in inputs]
+
+
+@pytest.mark.parametrize("hinge", [True, False])
+def test_gradients_are_finite_and_reach_every_input_through_bcr(hinge):
+    case = next(c for c in CASES if c["hinge"] == hinge and c["face"].shape[0] == 20)
+    with_bcr = gradients(case)
+    detached = gradients(case, bcr_detach=True)
+    aasm_only = gradients(case, iteration=0)
+    for g, d, a in zip(with_bcr, detached, aasm_only):
+        assert torch.isfinite(g).all() and g.abs().sum() > 0
+        torch.testing.assert_close(d, a)  # bcr_detach: the release, BCR adds no gradient
+    assert any(not torch.allclose(g, a) for g, a in zip(with_bcr, aasm_only))
+
+
+def test_total_loss_is_float32_for_half_precision_inputs():
+    case = CASES[0]
+    inputs = [x.to(torch.bfloat16) for x in case_inputs(case)]
+    loss, terms = total_loss(*inputs, torch.arange(20), InstanceEquilibrium(20), 7000, training_cfg(case))
+    assert loss.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
+
+
+def test_total_loss_accumulates_cross_pair_counts():
+    case = CASES[0]
+    cfg = training_cfg(case)
+    labels = torch.arange(20) * 2
+    equilibrium = InstanceEquilibrium(40)
+    for _ in range(2):
+        total_loss(*case_inputs(case), labels, equilibrium, 1, cfg)
+    expected = torch.zeros(40)
+    expected[labels] = 2 * case["correct[voice->face]"].float()
+    assert torch.equal(equilibrium.correct_counts, expected)
+    assert torch.equal(equilibrium.comparison_counts[labels], torch.full((20,), 38.0))
+    assert equilibrium.comparison_counts[1::2].sum() == 0
+
+
+def test_refresh_schedule():
+    cfg = RELEASED_TRAINING  # warm_up 6440, weight_update_iter 920
+    assert [t for t in range(1, 9000) if should_refresh(t, cfg)] == [6440, 7360, 8280]
+
+
+def test_total_loss_refreshes_before_using_the_weights():
+    case = CASES[0]
+    cfg = training_cfg(case, warm_up=4, weight_update_iter=2)
+    labels = torch.arange(20)
+    equilibrium = InstanceEquilibrium(20)
+    for iteration in (1, 2, 3):
+        total_loss(*case_inputs(case), labels, equilibrium, iteration, cfg)
+    assert torch.equal(equilibrium.identity_weights, torch.ones(20))
+    ratio = (3 * case["correct[voice->face]"].double()) / (3 * 19)
+    std = ratio.std()
+    expected = torch.from_numpy(norm.pdf(ratio.numpy(), (ratio.mean() - std).item(), std.item())).float()
+    _, terms = total_loss(*case_inputs(case), labels, equilibrium, 4, cfg)
+    torch.testing.assert_close(equilibrium.identity_weights, expected)
+    # The counters restarted at the refresh and hold iteration 4's counts only.
+    assert torch.equal(equilibrium.comparison_counts, torch.full((20,), 19.0))
+
+
+def test_refresh_on_hand_made_counts_keeps_unseen_identities():
+    equilibrium = InstanceEquilibrium(5)
+    equilibrium.identity_weights.copy_(torch.tensor([1.0, 1.0, 0.7, 1.0, 1.0]))
+    equilibrium.accumulate(torch.tensor([0, 1, 3, 4]), torch.tensor([3.0, 5.0, 8.0, 9.0]), 10)
+    equilibrium.accumulate(torch.tensor([0, 4]), torch.tensor([1.0, 2.0]), 10)
+    equilibrium.refresh()
+    ratio = [4 / 20, 5 / 10, 8 / 10, 11 / 20]
+    mean = sum(ratio) / 4
+    std = math.sqrt(sum((r - mean) ** 2 for r in ratio) / 3)
+    expected = norm.pdf(ratio, mean - std, std)
+    torch.testing.assert_close(equilibrium.identity_weights[[0, 1, 3, 4]], torch.tensor(expected, dtype=torch.float32))
+    assert equilibrium.identity_weights[2] == pytest.approx(0.7)
+    assert equilibrium.correct_counts.sum() == 0 and equilibrium.comparison_counts.sum() == 0
+    # Nothing seen since: no NaN, every weight kept.
+    kept = equilibrium.identity_weights.clone()
+    equilibrium.refresh()
+    assert torch.equal(equilibrium.identity_weights, kept)
+
+
+def test_refresh_with_identical_ratios_keeps_weights():
+    equilibrium = InstanceEquilibrium(3)
+    equilibrium.accumulate(torch.tensor([0, 1, 2]), torch.tensor([5.0, 5.0, 5.0]), 10)
+    equilibrium.refresh()  # σ = 0: the pdf is undefined
+    assert torch.equal(equilibrium.identity_weights, torch.ones(3))
+
+
+def test_equilibrium_state_travels_in_state_dict():
+    equilibrium = InstanceEquilibrium(4)
+    equilibrium.accumulate(torch.tensor([1, 2]), torch.tensor([3.0, 4.0]), 7)
+    equilibrium.identity_weights[0] = 0.25
+    restored = InstanceEquilibrium(4)
+    restored.load_state_dict(equilibrium.state_dict())
+    for name in ("correct_counts", "comparison_counts", "identity_weights"):
+        assert torch.equal(getattr(restored, name), getattr(equilibrium, name))
+
+
+def first_loss(seed):
+    from models import build_model
+
+    cfg = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))
+    torch.manual_seed(seed)
+    model = build_model(cfg.models)
+    images = torch.rand(4, 3, 112, 112) * 255
+    waves = torch.randn(4, 16000) * 3000
+    face, face_aux = model.encode_face(images).split(2)
+    voice, voice_aux = model.encode_voice(waves).split(2)
+    loss, _ = total_loss(face, face_aux, voice, voice_aux, torch.arange(2), InstanceEquilibrium(2),
+                         cfg.training.regauge_iter, cfg.training)
+    return loss
+
+
+def test_same_seed_gives_the_same_first_loss():
+    assert torch.equal(first_loss(0), first_loss(0))
+    assert not torch.equal(first_loss(0), first_loss(1))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_total_loss_never_synchronises_on_cuda():
+    case = CASES[0]
+    cfg = training_cfg(case, warm_up=1, weight_update_iter=1)
+    inputs = [x.cuda().requires_grad_() for x in case_inputs(case)]
+    equilibrium = InstanceEquilibrium(20).cuda()
+    labels = torch.arange(20, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, _ = total_loss(*inputs, labels, equilibrium, cfg.regauge_iter, cfg)  # refresh included
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(loss).item()
