@@ -45,23 +45,27 @@ def _rows_of(tokens: list[str], name2row: Mapping[str, int], path: str, line_of)
     return rows
 
 
-def read_list(path: str, name2row: Mapping[str, int], min_columns: int = 2) -> np.ndarray:
-    """Matching or verification list -> (lines, columns) embedding rows; column 0 is the query."""
+def _table(path: str, min_columns: int, max_columns: int | None) -> tuple[list[str], int, int]:
+    """Paths of a matching/verification list, with its (lines, columns); every line has the same length."""
     text, lines = _read_lines(path)
     counts = np.fromiter(map(len, map(str.split, lines)), np.int64, len(lines))
-    columns = int(counts[0])
-    bad = np.flatnonzero((counts != columns) | (counts < min_columns))
+    columns = int(np.clip(counts[0], min_columns, max_columns))
+    bad = np.flatnonzero(counts != columns)
     if bad.size:
         line = int(bad[0])
-        raise ListError(f"{path}, line {line + 1}: malformed, expected {max(columns, min_columns)} "
-                        f"space-separated paths, found {counts[line]}")
-    tokens = text.split()
-    rows = _rows_of(tokens, name2row, path, lambda i: i // columns + 1)
-    return rows.reshape(len(lines), columns)
+        raise ListError(f"{path}, line {line + 1}: malformed, expected {columns} space-separated paths, "
+                        f"found {counts[line]}")
+    return text.split(), len(lines), columns
 
 
-def read_retrieval_list(path: str, name2row: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieval list (line 1 queries, line 2 gallery) -> (query rows, gallery rows)."""
+def read_list(path: str, name2row: Mapping[str, int], min_columns: int = 2,
+              max_columns: int | None = None) -> np.ndarray:
+    """Matching or verification list -> (lines, columns) embedding rows; column 0 is the query."""
+    tokens, lines, columns = _table(path, min_columns, max_columns)
+    return _rows_of(tokens, name2row, path, lambda i: i // columns + 1).reshape(lines, columns)
+
+
+def _retrieval_lines(path: str) -> tuple[list[str], list[str]]:
     _, lines = _read_lines(path)
     if len(lines) != 2:
         raise ListError(f"{path}: malformed, a retrieval list has 2 lines (queries, gallery), found {len(lines)}")
@@ -69,8 +73,23 @@ def read_retrieval_list(path: str, name2row: Mapping[str, int]) -> tuple[np.ndar
     for number, line in ((1, queries), (2, gallery)):
         if not line:
             raise ListError(f"{path}, line {number}: malformed, the line is empty")
+    return queries, gallery
+
+
+def read_retrieval_list(path: str, name2row: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Retrieval list (line 1 queries, line 2 gallery) -> (query rows, gallery rows)."""
+    queries, gallery = _retrieval_lines(path)
     return (_rows_of(queries, name2row, path, lambda i: 1),
             _rows_of(gallery, name2row, path, lambda i: 2))
+
+
+def list_files(path: str, retrieval: bool = False) -> tuple[set[str], set[str]]:
+    """(query files, candidate files) a list names: column 0 / line 1 are the queries."""
+    if retrieval:
+        queries, gallery = _retrieval_lines(path)
+        return set(queries), set(gallery)
+    tokens, _, columns = _table(path, 2, None)
+    return set(tokens[::columns]), set().union(*(tokens[c::columns] for c in range(1, columns)))
 
 
 # ---------------------------------------------------------------- scores
