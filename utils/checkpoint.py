@@ -139,10 +139,13 @@ def _load_entries(module: nn.Module, entries: dict[str, torch.Tensor], required:
     own = module.state_dict()
     missing = [k for k in required if k not in entries]
     extra = [k for k in entries if k not in own]
+    problems = []
     if missing:
-        raise KeyError(f"{path}: the model's keys are missing from the checkpoint: {_names(missing)}")
+        problems.append(f"the model's keys are missing from the checkpoint: {_names(missing)}")
     if extra:
-        raise KeyError(f"{path}: the checkpoint has keys the model built from the config lacks: {_names(extra)}")
+        problems.append(f"the checkpoint has keys the model built from the config lacks: {_names(extra)}")
+    if problems:
+        raise KeyError(f"{path}: " + "; ".join(problems))
     module.load_state_dict({k: _fit(v, own[k], k, path) for k, v in entries.items()}, strict=False)
 
 
