@@ -280,22 +280,16 @@ def files_by_modality(list_dir: str, lists: list[ListSpec]) -> dict[str, list[st
     return {m: sorted(f) for m, f in files.items()}
 
 
-def identities_of(cfg, files: dict[str, list[str]]) -> tuple[dict[str, int], dict[str, str]]:
-    """name2id (index in the split) and name2gender of every file, from its first path part."""
-    from data.splits import read_split
+def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
+    """Identity (index in the split) and gender of every file, from its first path part."""
+    from data.splits import key_labels, read_split, split_path
 
     identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
-    index = {"voice": {p.vox_id: i for i, p in enumerate(identities)},
-             "face": {p.vgg_id: i for i, p in enumerate(identities)}}
-    name2id: dict[str, int] = {}
-    for modality, keys in files.items():
-        ids = list(map(index[modality].get, (k.split("/", 1)[0] for k in keys)))
-        if None in ids:
-            key = keys[ids.index(None)]
-            raise metrics.ListError(f"'{key}' names an identity that is not in the {cfg.testing.split} split "
-                                    f"({os.path.join(cfg.dataset.list_dir, f'vox1_{cfg.testing.split}.csv')})")
-        name2id.update(zip(keys, ids))
-    return name2id, {k: identities[i].gender for k, i in name2id.items()}
+    try:
+        labels = key_labels(keys, identities).tolist()
+    except KeyError as e:
+        raise metrics.ListError(f"{e.args[0]}: {split_path(cfg.dataset.list_dir, cfg.testing.split)}") from None
+    return labels, [identities[i].gender for i in labels]
 
 
 def device_of(cfg) -> torch.device:
@@ -328,17 +322,16 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     from models import build_model
     from utils.checkpoint import load_checkpoint
 
-    name2id, name2gender = identities_of(cfg, files)
+    keys = files["voice"] + files["face"]
+    ids, genders = identities_of(cfg, keys)
     device = device_of(cfg)
     model = build_model(cfg.models)
     load_checkpoint(model, checkpoint)
     model.to(device).eval()
-    keys = files["voice"] + files["face"]
     embeddings = torch.cat([embed(model, cfg, files[m], m, device) for m in ("voice", "face")])
-    save_features_file(path, keys, embeddings, [name2id[k] for k in keys], [name2gender[k] for k in keys], source)
+    save_features_file(path, keys, embeddings, ids, genders, source)
     print(f"features of {len(keys)} files saved to {path}")
-    return as_arrays({"name2feat": dict(zip(keys, embeddings.unbind(0))), "name2id": name2id, "source": source},
-                     path)
+    return Features(dict(zip(keys, range(len(keys)))), embeddings.numpy(), np.array(ids, np.int64), source)
 
 
 def model_features(cfg, lists: list[ListSpec]) -> Features:
@@ -379,5 +372,5 @@ def main(argv: list[str] | None = None) -> list[Result]:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, metrics.ListError, MissingCheckpoint, FeaturesError) as error:
+    except (ConfigError, metrics.ListError, FeaturesError, FileNotFoundError) as error:
         sys.exit(f"test.py: {error}")
