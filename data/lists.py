@@ -1,0 +1,176 @@
+"""Evaluation lists of PROTOCOL.md: names, seeded generation, reading, and checking against a store.
+
+A list is `<list_dir>/<name>.txt`, space-separated keys (paths relative to the audio / image
+folders). Matching and verification lists repeat every query file of the split on 3 lines;
+retrieval lists are two lines, all queries then the whole gallery. Generation is vectorised
+over lines and seeded per list name, so a list is the same whichever others already exist.
+"""
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from data.lmdb_store import MissingKeyError
+from data.splits import Identity, key_labels
+
+LINES_PER_QUERY = 3
+DIRECTIONS = ("v2f", "f2v")
+
+
+def list_names(split: str, match_n: Iterable[int] = (2,)) -> list[str]:
+    """Every list name of a split, in the order test.py reports them."""
+    names = []
+    for n in match_n:
+        for gender in ("", "g_"):
+            names += [f"match_{gender}{d}_{n}_{split}" for d in DIRECTIONS]
+    for gender in ("", "g_"):
+        names += [f"verify_{gender}{d}_{split}" for d in DIRECTIONS]
+    return names + [f"reterival_{d}_{split}" for d in DIRECTIONS]  # sic: the released spelling
+
+
+def list_path(list_dir: str, name: str) -> str:
+    return os.path.join(list_dir, name + ".txt")
+
+
+# ---------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------
+class _Files:
+    """The files of one modality grouped by identity: keys sorted, and each identity's slice."""
+
+    def __init__(self, keys: Sequence[str], identities: list[Identity]):
+        keys = np.asarray(sorted(keys), dtype=str)
+        owners = key_labels(keys, identities)
+        order = np.argsort(owners, kind="stable")
+        self.keys, self.owners = keys[order], owners[order]
+        self.counts = np.bincount(self.owners, minlength=len(identities))
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+
+    def draw(self, rng: np.random.Generator, owners: np.ndarray) -> np.ndarray:
+        """A uniformly random key of each given identity."""
+        pick = self.starts[owners] + (rng.random(len(owners)) * self.counts[owners]).astype(np.int64)
+        return self.keys[pick]
+
+
+def _draw_others(rng: np.random.Generator, owners: np.ndarray, pool_of: np.ndarray, eligible: np.ndarray,
+                 k: int, name: str) -> np.ndarray:
+    """(rows, k) distinct identities per row, none the row's owner, each from the owner's pool.
+
+    `pool_of[i]` groups identities (all 0: any identity; gender code: same gender);
+    only `eligible` identities (those with candidate files) are drawn.
+    """
+    members = np.flatnonzero(eligible)
+    members = members[np.argsort(pool_of[members], kind="stable")]
+    groups, starts, sizes = np.unique(pool_of[members], return_index=True, return_counts=True)
+    group = np.searchsorted(groups, pool_of[owners])
+    found = (group < len(groups)) & (groups[np.minimum(group, len(groups) - 1)] == pool_of[owners])
+    size = np.where(found, sizes[np.minimum(group, len(groups) - 1)], 0)
+    start = np.where(found, starts[np.minimum(group, len(groups) - 1)], 0)
+    available = size - eligible[owners]
+    if len(owners) and available.min() < k:
+        raise ValueError(f"list {name}: an identity has only {available.min()} other identities to draw "
+                         f"{k} negatives from")
+    drawn = np.empty((len(owners), k), np.int64)
+    for c in range(k):
+        redo = np.arange(len(owners))
+        while len(redo):  # rejection: redraw the rows whose pick is the owner or an earlier pick
+            picks = members[start[redo] + (rng.random(len(redo)) * size[redo]).astype(np.int64)]
+            drawn[redo, c] = picks
+            clash = (picks == owners[redo]) | (drawn[redo, :c] == picks[:, None]).any(1)
+            redo = redo[clash]
+    return drawn
+
+
+def _join(columns: list[np.ndarray]) -> str:
+    line = columns[0]
+    for column in columns[1:]:
+        line = np.strings.add(np.strings.add(line, " "), column)
+    return "\n".join(line.tolist()) + "\n"
+
+
+def make_list(name: str, identities: list[Identity], voice_keys: Sequence[str], face_keys: Sequence[str],
+              seed: int) -> str:
+    """The text of list `name` (e.g. `match_g_v2f_2_test`) over these identities and files."""
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    kind, rest = name.split("_", 1)
+    same_gender = rest.startswith("g_")
+    direction = rest.removeprefix("g_")[:3]
+    voices, faces = _Files(voice_keys, identities), _Files(face_keys, identities)
+    queries, gallery = (voices, faces) if direction == "v2f" else (faces, voices)
+    if kind == "reterival":
+        return " ".join(queries.keys.tolist()) + "\n" + " ".join(gallery.keys.tolist()) + "\n"
+    keep = gallery.counts[queries.owners] > 0  # a query needs a positive
+    query_keys = np.repeat(queries.keys[keep], LINES_PER_QUERY)
+    owners = np.repeat(queries.owners[keep], LINES_PER_QUERY)
+    genders = np.unique([i.gender for i in identities], return_inverse=True)[1]
+    pool_of = genders if same_gender else np.zeros(len(identities), np.int64)
+    eligible = gallery.counts > 0
+    if kind == "match":
+        n = int(rest.rsplit("_", 2)[-2])
+        negatives = _draw_others(rng, owners, pool_of, eligible, n - 1, name)
+        columns = [query_keys, gallery.draw(rng, owners)] + [gallery.draw(rng, negatives[:, c]) for c in range(n - 1)]
+    elif kind == "verify":
+        same = rng.random(len(owners)) < 0.5
+        others = _draw_others(rng, owners, pool_of, eligible, 1, name)[:, 0]
+        columns = [query_keys, gallery.draw(rng, np.where(same, owners, others))]
+    else:
+        raise ValueError(f"unknown list kind in '{name}'")
+    return _join(columns)
+
+
+def write_lists(list_dir: str, split: str, identities: list[Identity], voice_keys: Sequence[str],
+                face_keys: Sequence[str], seed: int, match_n: Iterable[int] = (2,)) -> list[str]:
+    """Write every missing list of a split (existing ones, e.g. the authors', are kept); returns the written names."""
+    os.makedirs(list_dir, exist_ok=True)
+    written = []
+    for name in list_names(split, match_n):
+        path = list_path(list_dir, name)
+        if os.path.exists(path):
+            continue
+        text = make_list(name, identities, voice_keys, face_keys, seed)
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(path + ".tmp", path)
+        written.append(name)
+    return written
+
+
+# ---------------------------------------------------------------------------
+# Reading and checking
+# ---------------------------------------------------------------------------
+def read_list(path: str) -> np.ndarray | list[np.ndarray]:
+    """Rows of a list: a (lines, columns) array of keys when every line has the same number of
+    columns (matching, verification), else one array per line (retrieval)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"list {path} not found (config key dataset.list_dir)")
+    with open(path) as f:
+        lines = np.array(f.read().splitlines(), dtype=str)
+    lines = lines[np.strings.strip(lines) != ""]
+    if len(lines) == 0:
+        raise ValueError(f"list {path} is empty")
+    fields = np.strings.count(np.strings.strip(lines), " ") + 1
+    if (fields == fields[0]).all() and len(lines) > 2:
+        return np.array(" ".join(lines.tolist()).split(), dtype=str).reshape(len(lines), int(fields[0]))
+    return [np.array(line.split(), dtype=str) for line in lines.tolist()]
+
+
+def check_keys(list_path: str, rows: np.ndarray | list[np.ndarray], *stores) -> None:
+    """Raise MissingKeyError naming the list, line and key of the first key no store holds.
+
+    A store is an LmdbStore or any collection of keys; a key may be in any of them.
+    """
+    if isinstance(rows, np.ndarray):
+        tokens, line_of = rows.ravel(), np.repeat(np.arange(1, len(rows) + 1), rows.shape[1])
+    else:
+        tokens = np.concatenate(rows) if len(rows) else np.array([], str)
+        line_of = np.repeat(np.arange(1, len(rows) + 1), [len(r) for r in rows])
+    known = np.concatenate([np.asarray(s.keys() if hasattr(s, "keys") else list(s), dtype=str) for s in stores])
+    missing = np.flatnonzero(~np.isin(tokens, known))
+    if len(missing):
+        where = " / ".join(getattr(s, "path", "the given keys") for s in stores)
+        first = missing[0]
+        raise MissingKeyError(f"{list_path}, line {line_of[first]}: key '{tokens[first]}' is not in {where} "
+                              f"({len(missing)} missing keys in this list)")

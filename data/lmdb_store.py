@@ -1,0 +1,325 @@
+"""LMDB stores of clips and faces, keyed by the relative paths the lists use.
+
+One store per modality: `<lmdb_dir>/audio.lmdb` holds int16 PCM (little-endian, 16 kHz mono, at
+most the 10 s the method reads) and `<lmdb_dir>/face.lmdb` JPEG bytes (optionally pre-resized).
+The builder writes into `<store>.partial`, resumes from it after an interruption, and renames it
+to `<store>` only when every file has been stored or skipped: a store that exists is complete.
+Bad raw files never stop a build; each is skipped and reported with its reason.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from functools import partial
+from multiprocessing import Pool
+from typing import Callable, Iterable
+
+import cv2
+import lmdb
+import numpy as np
+import soundfile
+from PIL import Image
+from tqdm import tqdm
+
+AUDIO_STORE = "audio.lmdb"
+FACE_STORE = "face.lmdb"
+INFO_FILE = "store.json"  # build parameters and counts, next to data.mdb
+SKIPPED_FILE = "skipped.tsv"  # `source path<TAB>reason` per skipped file
+MAP_SIZE = 1 << 40  # address space only: the file grows with the data
+JPEG_QUALITY = 95  # when faces are re-encoded after resizing
+
+
+class MissingKeyError(KeyError):
+    """A key is not in a store (or a list names a file the store does not have)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class BadInput(ValueError):
+    """A raw file that cannot go into a store; the message says why."""
+
+
+_ENVIRONMENTS: dict[tuple[int, int, int], lmdb.Environment] = {}  # (pid, device, inode of data.mdb)
+
+
+def _environment(path: str) -> lmdb.Environment:
+    """One read-only environment per store file and process (LMDB allows no second one)."""
+    stat = os.stat(os.path.join(path, "data.mdb"))
+    key = (os.getpid(), stat.st_dev, stat.st_ino)
+    for inherited in [k for k in _ENVIRONMENTS if k[1:] == key[1:] and k[0] != key[0]]:
+        _ENVIRONMENTS.pop(inherited).close()  # a forked worker's copy of its parent's handle
+    if key not in _ENVIRONMENTS:
+        # lock=False: a built store never changes, so readers need no lock table, and a forked
+        # DataLoader worker opens its own environment instead of using its parent's.
+        _ENVIRONMENTS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
+    return _ENVIRONMENTS[key]
+
+
+class LmdbStore:
+    """Read-only access to a built store; the environment opens lazily in each process."""
+
+    def __init__(self, path: str):
+        if not os.path.isfile(os.path.join(path, "data.mdb")):
+            hint = " (an interrupted build is in .partial)" if os.path.isdir(path + ".partial") else ""
+            raise FileNotFoundError(f"LMDB store {path} not found{hint}; build it with "
+                                    f"`python -m data.prepare --cfg CFG`")
+        self.path = path
+        self._env = None
+        self._pid = None
+
+    def _txn(self) -> lmdb.Transaction:
+        if self._env is None or self._pid != os.getpid():
+            self._env, self._pid = _environment(self.path), os.getpid()
+        return self._env.begin(buffers=False)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_env": None, "_pid": None}
+
+    def info(self) -> dict:
+        """Build parameters and counts (store.json)."""
+        with open(os.path.join(self.path, INFO_FILE)) as f:
+            return json.load(f)
+
+    def keys(self) -> list[str]:
+        with self._txn() as txn:
+            return [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
+
+    def __len__(self) -> int:
+        with self._txn() as txn:
+            return txn.stat()["entries"]
+
+    def __contains__(self, key: str) -> bool:
+        with self._txn() as txn:
+            return txn.get(key.encode()) is not None
+
+    def read_bytes(self, key: str) -> bytes:
+        with self._txn() as txn:
+            value = txn.get(key.encode())
+        if value is None:
+            raise MissingKeyError(f"key '{key}' is not in the store {self.path}")
+        return value
+
+    def read_audio(self, key: str) -> np.ndarray:
+        """int16 samples (T,) of a clip."""
+        return np.frombuffer(self.read_bytes(key), dtype="<i2").astype(np.int16)
+
+    def read_image(self, key: str) -> np.ndarray:
+        """uint8 BGR image (H, W, 3)."""
+        image = cv2.imdecode(np.frombuffer(self.read_bytes(key), np.uint8), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError(f"{self.path}: the image '{key}' does not decode")
+        return image
+
+
+# ---------------------------------------------------------------------------
+# Encoders: raw file -> stored bytes, or BadInput
+# ---------------------------------------------------------------------------
+def _wav_truncated(data: bytes) -> bool:
+    """True when a RIFF/WAVE file declares more sample bytes than it holds."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return False
+    pos = 12
+    while pos + 8 <= len(data):
+        chunk, size = data[pos:pos + 4], int.from_bytes(data[pos + 4:pos + 8], "little")
+        if chunk == b"data":
+            return size not in (0, 0xFFFFFFFF) and pos + 8 + size > len(data)  # 0/-1: streamed, size unknown
+        pos += 8 + size + (size & 1)
+    return False
+
+
+def encode_audio(path: str, sample_rate: int, max_samples: int) -> bytes:
+    """First `max_samples` of channel 0, resampled to `sample_rate`, as int16 little-endian bytes."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if _wav_truncated(data):
+        raise BadInput("truncated WAV (the data chunk is shorter than its header says)")
+    try:
+        samples, rate = soundfile.read(io.BytesIO(data), dtype="int16", always_2d=True)
+    except Exception as e:  # libsndfile says why in its message
+        raise BadInput(f"unreadable audio: {e}") from None
+    if samples.shape[0] == 0:
+        raise BadInput("zero-length clip")
+    clip = samples[:, 0]  # the release takes the first channel of a multi-channel file
+    if rate != sample_rate:
+        import librosa
+
+        clip = librosa.resample(clip.astype(np.float32), orig_sr=rate, target_sr=sample_rate)
+        clip = np.clip(np.round(clip), -32768, 32767).astype(np.int16)
+        if clip.shape[0] == 0:
+            raise BadInput("zero-length clip after resampling")
+    return clip[:max_samples].astype("<i2").tobytes()
+
+
+def encode_image(path: str, size: int | None) -> bytes:
+    """The JPEG bytes as they are, or re-encoded after a bilinear resize to size x size."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data:
+        raise BadInput("empty image file")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            probe.load()  # raises on a truncated file, which a lenient decoder would pad silently
+    except Exception as e:
+        raise BadInput(f"unreadable image: {e}") from None
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise BadInput("unreadable image: OpenCV cannot decode it")
+    if size is None:
+        return data
+    image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+
+
+def _encode_one(encode: Callable[[str], bytes], item: tuple[str, str]) -> tuple[str, bytes | None, str]:
+    key, source = item
+    try:
+        return key, encode(source), ""
+    except BadInput as e:
+        return key, None, str(e)
+    except OSError as e:
+        return key, None, f"cannot read: {e.strerror or e}"
+    except Exception as e:  # any other failure of a decoder is still one bad file, not a failed build
+        return key, None, f"{type(e).__name__}: {e}"
+
+
+# ---------------------------------------------------------------------------
+# Builder
+# ---------------------------------------------------------------------------
+@dataclass
+class BuildReport:
+    path: str
+    stored: int = 0
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source path or folder, reason)
+
+
+def _read_skipped(path: str) -> list[tuple[str, str]]:
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line]
+
+
+def _fingerprint(items: list[tuple[str, str]]) -> str:
+    return hashlib.sha1("\n".join(sorted(k for k, _ in items)).encode()).hexdigest()
+
+
+def _read_info(path: str) -> dict:
+    try:
+        with open(os.path.join(path, INFO_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def store_is_current(path: str, params: dict) -> bool:
+    """A complete store exists at `path` and was built with `params` (cheap: reads store.json)."""
+    return _read_info(path).get("params") == params
+
+
+def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str], bytes], params: dict,
+                skipped: Iterable[tuple[str, str]] = (), workers: int = 1, desc: str = "store",
+                commit_every: int = 512) -> BuildReport:
+    """Pack `items` (key, source file) into the LMDB store `path`; resumable and atomic.
+
+    `params` (what the stored values depend on) must match for a partial build to be resumed or
+    a complete store to be updated in place; a complete store holding exactly `items` is kept as
+    it is. `skipped` lists inputs already known to be unusable (missing folders): they are
+    reported with the files that fail to encode.
+    """
+    fingerprint = _fingerprint(items)
+    partial_dir = path + ".partial"
+    info = _read_info(path)
+    if info.get("params") == params:
+        if info.get("fingerprint") == fingerprint:
+            return BuildReport(path, info["stored"], _read_skipped(os.path.join(path, SKIPPED_FILE)))
+        if os.path.isdir(partial_dir):
+            shutil.rmtree(partial_dir)
+        os.replace(path, partial_dir)  # same parameters, other files: update it rather than rebuild
+    params_file = os.path.join(partial_dir, "params.json")
+    if os.path.isdir(partial_dir):
+        try:
+            with open(params_file) as f:
+                resumable = json.load(f) == params
+        except (OSError, ValueError):
+            resumable = False
+        if not resumable:
+            shutil.rmtree(partial_dir)
+    os.makedirs(partial_dir, exist_ok=True)
+    with open(params_file, "w") as f:
+        json.dump(params, f)
+    if os.path.exists(os.path.join(partial_dir, INFO_FILE)):
+        os.remove(os.path.join(partial_dir, INFO_FILE))
+
+    sources = dict(items)
+    wanted = set(sources.values())
+    skipped_file = os.path.join(partial_dir, SKIPPED_FILE)
+    known_bad: dict[str, str] = {}
+    for source, reason in _read_skipped(skipped_file):
+        if source in wanted:  # what an interrupted run already found bad
+            known_bad.setdefault(source, reason)
+    for source, reason in skipped:
+        known_bad.setdefault(source, reason)
+    for source, reason in known_bad.items():
+        tqdm.write(f"{desc}: skipped {source}: {reason}")
+    with open(skipped_file, "w") as f:
+        f.writelines(f"{s}\t{r}\n" for s, r in known_bad.items())
+
+    env = lmdb.open(partial_dir, map_size=MAP_SIZE, subdir=True, readahead=False, meminit=False)
+    with env.begin(write=True) as txn:
+        done = set()
+        for raw in list(txn.cursor().iternext(keys=True, values=False)):
+            if raw.decode() in sources:
+                done.add(raw.decode())
+            else:
+                txn.delete(raw)  # a file no longer wanted
+    todo = [(k, s) for k, s in items if k not in done and s not in known_bad]
+    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="file")
+    encode_item = partial(_encode_one, encode)
+    pool = Pool(workers) if workers > 1 and len(todo) > 64 else None
+    results = pool.imap(encode_item, todo, chunksize=16) if pool else map(encode_item, todo)
+    try:
+        txn = env.begin(write=True)
+        pending = []
+        for n, (key, value, reason) in enumerate(results, start=1):
+            if value is None:
+                pending.append((sources[key], reason))
+                tqdm.write(f"{desc}: skipped {sources[key]}: {reason}")
+            else:
+                txn.put(key.encode(), value)
+            if n % commit_every == 0:
+                txn.commit()  # then record this batch's skips: a crash re-examines at most one batch
+                _append_skipped(skipped_file, pending, known_bad)
+                pending = []
+                txn = env.begin(write=True)
+            bar.update()
+        txn.commit()
+        _append_skipped(skipped_file, pending, known_bad)
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+            pool.join()
+    with env.begin() as txn:
+        stored = txn.stat()["entries"]
+    env.close()
+    report = BuildReport(path, stored, list(known_bad.items()))
+    with open(os.path.join(partial_dir, INFO_FILE), "w") as f:
+        json.dump({"params": params, "fingerprint": fingerprint, "stored": stored,
+                   "skipped": len(known_bad)}, f, indent=1)
+    os.remove(params_file)
+    if os.path.exists(path):
+        shutil.rmtree(path)  # a complete store built with other parameters
+    os.replace(partial_dir, path)
+    return report
+
+
+def _append_skipped(path: str, entries: list[tuple[str, str]], known: dict[str, str]) -> None:
+    with open(path, "a") as f:
+        for source, reason in entries:
+            known.setdefault(source, reason)
+            f.write(f"{source}\t{reason}\n")
