@@ -222,7 +222,7 @@ def _chunks(replicates: int, size: int, chunk: int) -> list[int]:
 
 
 def bootstrap_mean(values: np.ndarray, replicates: int, rng: np.random.Generator,
-                   chunk: int = 1 << 22) -> np.ndarray:
+                   chunk: int = 1 << 17) -> np.ndarray:
     """Means of `replicates` bootstrap resamples of `values`."""
     values = np.asarray(values, dtype=np.float64)
     return np.concatenate([_resample_counts(len(values), n, rng) @ values / len(values)
@@ -230,25 +230,33 @@ def bootstrap_mean(values: np.ndarray, replicates: int, rng: np.random.Generator
 
 
 def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, replicates: int, rng: np.random.Generator,
-                  chunk: int = 1 << 22) -> np.ndarray:
+                  chunk: int = 1 << 17) -> np.ndarray:
     """AUCs of `replicates` bootstrap resamples of the (score, label) pairs.
 
     A resample is a vector of multiplicities over the pairs sorted by score, so
     its Mann-Whitney statistic is one cumulative sum (integer arithmetic, exact).
+    Small chunks of replicates keep the counting in cache.
     """
     order = np.argsort(scores, kind="stable")
     ordered = np.asarray(scores)[order]
     positive = np.asarray(labels, dtype=bool)[order]
-    ties = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first pair of each distinct score
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # of each run of equal scores
+    group = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+    first, last = starts[group], np.r_[starts[1:], len(ordered)][group] - 1
+    tied = np.flatnonzero(last > first)
     out = []
     for n in _chunks(replicates, len(ordered), chunk):
         weights = _resample_counts(len(ordered), n, rng)
-        positives, negatives = weights * positive, weights * ~positive
-        if len(ties) < len(ordered):  # pool tied pairs: a tie between classes counts ½
-            positives = np.add.reduceat(positives, ties, axis=1)
-            negatives = np.add.reduceat(negatives, ties, axis=1)
-        twice_below = 2 * np.cumsum(negatives, axis=1, dtype=np.int32) - negatives  # 2·(#below + ½·#tied)
-        twice_u = (positives * twice_below).sum(axis=1, dtype=np.int64)
+        positives = weights * positive
+        negatives = weights - positives
+        negatives_to = np.cumsum(negatives, axis=1, dtype=np.int32)  # inclusive counts up to each pair
+        # 2·U = Σ over positives of 2·#(negatives below) + #(negatives tied), first as if nothing were tied ...
+        twice_u = (positives * (2 * negatives_to - negatives)).sum(axis=1, dtype=np.int64)
+        if tied.size:  # ... then recount the few pairs inside runs of equal scores against the whole run
+            below_run = negatives_to[:, first[tied]] - negatives[:, first[tied]]
+            below_self = negatives_to[:, tied] - negatives[:, tied]
+            recount = below_run + negatives_to[:, last[tied]] - 2 * below_self - negatives[:, tied]
+            twice_u += (positives[:, tied] * recount).sum(axis=1, dtype=np.int64)
         pairs = positives.sum(axis=1, dtype=np.int64) * negatives.sum(axis=1, dtype=np.int64)
         with np.errstate(invalid="ignore", divide="ignore"):
             out.append(twice_u / (2.0 * pairs))
