@@ -301,12 +301,9 @@ def device_of(cfg) -> torch.device:
 @torch.no_grad()
 def embed(model, cfg, keys: list[str], modality: str, device: torch.device) -> torch.Tensor:
     """Embeddings (len(keys), D) through the eval transform, batched across identities."""
-    from torch.utils.data import DataLoader
+    from data.datasets import eval_loader
 
-    from data.datasets import EvalDataset
-
-    loader = DataLoader(EvalDataset(cfg, keys, modality), batch_size=cfg.testing.batch_size, shuffle=False,
-                        num_workers=cfg.dataset.num_workers, pin_memory=device.type == "cuda")
+    loader = eval_loader(cfg, keys, modality)
     encode = model.encode_voice if modality == "voice" else model.encode_face
     out, seen = [], []
     for batch_keys, inputs in tqdm(loader, desc=f"embedding {len(keys)} {modality} files", unit="batch"):
@@ -334,9 +331,8 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     return Features(dict(zip(keys, range(len(keys)))), embeddings.numpy(), np.array(ids, np.int64), source)
 
 
-def model_features(cfg, lists: list[ListSpec]) -> Features:
+def model_features(cfg, lists: list[ListSpec], checkpoint: str) -> Features:
     """The embeddings of the checkpoint's model: the cache when it is the same model's, else extracted."""
-    checkpoint = checkpoint_of(cfg)
     path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.pt")
     source = provenance(cfg, checkpoint)
     files = files_by_modality(cfg.dataset.list_dir, lists)
@@ -354,12 +350,18 @@ def main(argv: list[str] | None = None) -> list[Result]:
     args = parser.parse_args(argv)
     cfg = load_config(args.cfg, args.opts)
     split = cfg.testing.split
+    checkpoint = None if args.features else checkpoint_of(cfg)
     lists = evaluation_lists(split, cfg.dataset.match_n, cfg.dataset.list_dir)
+    missing = [list_path(cfg.dataset.list_dir, t) for t in lists if not os.path.isfile(list_path(cfg.dataset.list_dir, t))]
+    if missing:
+        raise metrics.ListError(f"list file not found: {missing[0]} ({len(missing)} of the {len(lists)} test lists "
+                                f"missing); generate them with `python -m data.prepare --cfg {args.cfg}` or unzip "
+                                "the authors' gen_list.zip into the folder of config key dataset.list_dir")
     if args.features:
         features = as_arrays(load_features_file(args.features), args.features)
         features.source = {"features_file": os.path.abspath(args.features), **features.source}
     else:
-        features = model_features(cfg, lists)
+        features = model_features(cfg, lists, checkpoint)
     results = evaluate(features, cfg.dataset.list_dir, lists, cfg.testing.bootstrap, cfg.testing.ci_seed)
     table = format_table(results, split)
     print(table)

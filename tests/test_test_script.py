@@ -144,7 +144,7 @@ def test_empty_and_malformed_lists(tmp_path):
     with pytest.raises(metrics.ListError, match=r"verify_v2f_test\.txt, line 5: malformed, expected 2 .* found 3"):
         run(tmp_path, list_dir=list_dir)
     (list_dir / "verify_v2f_test.txt").unlink()
-    with pytest.raises(metrics.ListError, match=r"list file not found: .*verify_v2f_test\.txt"):
+    with pytest.raises(metrics.ListError, match=r"list file not found: .*verify_v2f_test\.txt .*dataset\.list_dir"):
         run(tmp_path, list_dir=list_dir)
 
 
@@ -228,12 +228,12 @@ def test_model_path_reuses_the_cache_only_for_its_checkpoint(cache_setup, monkey
         return script.as_arrays(torch.load(REFERENCE, weights_only=True), REFERENCE)
 
     monkeypatch.setattr(script, "extract_features", fake_extract)
-    features = script.model_features(cfg, lists)
+    features = script.model_features(cfg, lists, str(checkpoint))
     assert not extracted
     np.testing.assert_array_equal(features.embeddings, embeddings.numpy())
 
     os.utime(checkpoint, (0, 0))  # same bytes, another time: another checkpoint file
-    script.model_features(cfg, lists)
+    script.model_features(cfg, lists, str(checkpoint))
     assert len(extracted) == 1
     _, voices, faces = extracted[0]  # every file the lists name, routed by modality
     assert voices == sorted(k for k in keys if k.endswith(".wav"))
