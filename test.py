@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from data.lists import list_path
 from utils import metrics
 from utils.config import ConfigError, config_to_dict, load_config, run_dir
 
@@ -75,11 +77,7 @@ def evaluation_lists(split: str, match_n: list[int] = (2,), list_dir: str | None
     table = [ListSpec(task, direction, gender, split) for direction, _ in DIRECTIONS for task, gender, _ in COLUMNS]
     extra = [ListSpec("matching", direction, gender, split, n) for n in match_n if n != 2
              for direction, _ in DIRECTIONS for gender in (False, True)]
-    return table + [t for t in extra if list_dir is None or os.path.isfile(list_path(list_dir, t))]
-
-
-def list_path(list_dir: str, spec: ListSpec) -> str:
-    return os.path.join(list_dir, spec.name + ".txt")
+    return table + [t for t in extra if list_dir is None or os.path.isfile(list_path(list_dir, t.name))]
 
 
 # ---------------------------------------------------------------- features
@@ -92,6 +90,10 @@ class Features:
     embeddings: np.ndarray  # (K, D) float32
     ids: np.ndarray  # (K,) int64
     source: dict = field(default_factory=dict)  # what produced them
+
+    @functools.cached_property
+    def unit(self) -> np.ndarray:
+        return metrics.normalise(self.embeddings)
 
 
 def load_features_file(path: str) -> dict:
@@ -154,7 +156,7 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
     matching = spec.task == "matching"
     rows = metrics.read_list(path, features.name2row, min_columns=3 if matching else 2,
                              max_columns=None if matching else 2)
-    scores = metrics.line_scores(metrics.normalise(features.embeddings), rows)
+    scores = metrics.line_scores(features.unit, rows)
     if matching:
         correct = int(metrics.matching_correct(scores).sum())
         low, high = metrics.wilson_interval(correct, len(rows))
@@ -170,7 +172,7 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
 
 
 def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap: int, seed: int) -> list[Result]:
-    return [evaluate_list(t, list_path(list_dir, t), features, bootstrap, seed)
+    return [evaluate_list(t, list_path(list_dir, t.name), features, bootstrap, seed)
             for t in tqdm(lists, desc="evaluating lists", unit="list", leave=False)]
 
 
@@ -274,7 +276,7 @@ def files_by_modality(list_dir: str, lists: list[ListSpec]) -> dict[str, list[st
     files: dict[str, set[str]] = {"voice": set(), "face": set()}
     for t in lists:
         query, candidate = MODALITIES[t.direction]
-        queries, candidates = metrics.list_files(list_path(list_dir, t), retrieval=t.task == "retrieval")
+        queries, candidates = metrics.list_files(list_path(list_dir, t.name), retrieval=t.task == "retrieval")
         files[query].update(queries)
         files[candidate].update(candidates)
     return {m: sorted(f) for m, f in files.items()}
@@ -352,7 +354,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     split = cfg.testing.split
     checkpoint = None if args.features else checkpoint_of(cfg)
     lists = evaluation_lists(split, cfg.dataset.match_n, cfg.dataset.list_dir)
-    missing = [list_path(cfg.dataset.list_dir, t) for t in lists if not os.path.isfile(list_path(cfg.dataset.list_dir, t))]
+    paths = [list_path(cfg.dataset.list_dir, t.name) for t in lists]
+    missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise metrics.ListError(f"list file not found: {missing[0]} ({len(missing)} of the {len(lists)} test lists "
                                 f"missing); generate them with `python -m data.prepare --cfg {args.cfg}` or unzip "

@@ -160,7 +160,7 @@ def compare(list_dir: str, features_path: str, loop_lines: int, loop_queries: in
 
 
 def whole_process(list_dir: str, features_path: str, work: str) -> tuple[float, float, float]:
-    """Wall seconds, CPU seconds and peak resident GiB of `python test.py --features` with the released config's testing keys."""
+    """Wall s, CPU s and peak resident GiB of `python test.py --features` (the released config's testing keys)."""
     command = [sys.executable, os.path.join(ROOT, "test.py"), "--cfg", os.path.join(ROOT, "config", "cfg.yaml"),
                "--features", features_path, "--opts", f"dataset.list_dir={list_dir}", f"output_dir={work}"]
     start = time.perf_counter()

@@ -97,6 +97,13 @@ def test_intervals_are_seeded(tmp_path):
     assert first["match_v2f_2_test"] == other["match_v2f_2_test"]  # Wilson: no randomness
 
 
+def test_evaluated_lists_are_the_generated_lists():
+    from data.lists import list_names
+
+    for match_n in ([2], [2, 4]):
+        assert sorted(t.name for t in script.evaluation_lists("val", match_n)) == sorted(list_names("val", match_n))
+
+
 def test_one_to_n_lists_are_evaluated_when_present(tmp_path):
     list_dir = tmp_path / "lists"
     shutil.copytree(CASE, list_dir)
@@ -152,7 +159,7 @@ def test_features_file_errors(tmp_path):
     with pytest.raises(script.FeaturesError, match="features file not found"):
         run(tmp_path, features=str(tmp_path / "none.pt"))
     torch.save({"name2feat": {}}, tmp_path / "bad.pt")
-    with pytest.raises(script.FeaturesError, match=r"bad\.pt: not a features file: it lacks \['name2gender', 'name2id'\]"):
+    with pytest.raises(script.FeaturesError, match=r"bad\.pt: not a features file: it lacks \['name2gender', 'name2i"):
         run(tmp_path, features=str(tmp_path / "bad.pt"))
 
 
