@@ -104,11 +104,12 @@ def load_features_file(path: str) -> dict:
     missing = {"name2feat", "name2id", "name2gender"} - set(data if isinstance(data, dict) else ())
     if missing:
         raise FeaturesError(f"{path}: not a features file: it lacks {sorted(missing)} "
-                         "(expected {'name2feat', 'name2id', 'name2gender'})")
+                            "(expected {'name2feat', 'name2id', 'name2gender'})")
     return data
 
 
 def as_arrays(data: dict, path: str) -> Features:
+    """Released-format dicts -> one embedding matrix, its row index and identities."""
     keys = list(data["name2feat"])
     if not keys:
         raise FeaturesError(f"{path}: the features file holds no embeddings")
@@ -132,6 +133,8 @@ def save_features_file(path: str, keys: list[str], embeddings: torch.Tensor, ids
 
 @dataclass
 class Result:
+    """The value of one list (a fraction), its 95% interval, and what the plots need."""
+
     spec: ListSpec
     value: float  # fraction
     interval: tuple[float, float]  # 95%
@@ -172,6 +175,7 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
 
 
 def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap: int, seed: int) -> list[Result]:
+    """Every list in `lists`, in order."""
     return [evaluate_list(t, list_path(list_dir, t.name), features, bootstrap, seed)
             for t in tqdm(lists, desc="evaluating lists", unit="list", leave=False)]
 
@@ -210,10 +214,10 @@ def write_outputs(results: list[Result], table: str, result_path: str, source: d
         "features": source,
         "confidence": {"level": 0.95, "matching": "Wilson", "verification and retrieval": "percentile bootstrap",
                        "bootstrap": cfg.testing.bootstrap, "ci_seed": cfg.testing.ci_seed},
-        "lists": {r.spec.name: {"task": r.spec.task, "direction": r.spec.direction,
-                                     "gender": r.spec.gender, "candidates": r.spec.candidates,
-                                     "value": r.value, "ci95": list(r.interval), "count": r.count,
-                                     **({"eer": r.eer} if r.eer is not None else {})} for r in results},
+        "lists": {r.spec.name: {"task": r.spec.task, "direction": r.spec.direction, "gender": r.spec.gender,
+                                "candidates": r.spec.candidates, "value": r.value, "ci95": list(r.interval),
+                                "count": r.count, **({"eer": r.eer} if r.eer is not None else {})}
+                  for r in results},
         "table": table,
     }
     with open(stem + ".json", "w") as f:
@@ -229,6 +233,7 @@ def write_outputs(results: list[Result], table: str, result_path: str, source: d
 # ---------------------------------------------------------------- embeddings from a model
 
 def checkpoint_of(cfg) -> str:
+    """testing.checkpoint, by default the run's checkpoint_best.pth.tar; it must exist."""
     path = cfg.testing.checkpoint or os.path.join(run_dir(cfg), "checkpoint_best.pth.tar")
     if not os.path.isfile(path):
         raise MissingCheckpoint(f"checkpoint not found: {path}; set the config key testing.checkpoint "
@@ -243,7 +248,7 @@ def provenance(cfg, checkpoint: str) -> dict:
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_size": stat.st_size,
         "checkpoint_mtime": datetime.datetime.fromtimestamp(stat.st_mtime).isoformat(),
-        "config": {"models": config_to_dict(cfg.models),
+        "config": {"split": cfg.testing.split, "models": config_to_dict(cfg.models),
                    "dataset": {k: cfg.dataset[k] for k in ("lmdb_dir", "image_size", "store_image_size",
                                                            "sample_rate", "clip_seconds")}},
     }
