@@ -116,7 +116,8 @@ def as_arrays(data: dict, path: str) -> Features:
     ids = np.fromiter(map(data["name2id"].get, keys, repeat(-1)), np.int64, len(keys))
     if (ids < 0).any():
         raise FeaturesError(f"{path}: '{keys[int(np.argmax(ids < 0))]}' has an embedding but no identity in name2id")
-    embeddings = torch.stack(list(data["name2feat"].values())).float().numpy()
+    embeddings = torch.stack(list(map(torch.as_tensor, data["name2feat"].values()))).float().reshape(len(keys), -1)
+    embeddings = embeddings.numpy()
     return Features(dict(zip(keys, range(len(keys)))), embeddings, ids, data.get("source", {}))
 
 
