@@ -30,7 +30,7 @@ class InstanceEquilibrium(nn.Module):
         """R_{y_i} += k_i and N_{y_i} += comparisons (B − 1 per row)."""
         correct = correct.detach().to(self.correct_counts.dtype)
         self.correct_counts.index_add_(0, labels, correct)
-        self.comparison_counts.index_add_(0, labels, torch.ones_like(correct) * comparisons)
+        self.comparison_counts.index_add_(0, labels, torch.full_like(correct, comparisons))
 
     @torch.no_grad()
     def refresh(self) -> None:

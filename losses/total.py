@@ -25,11 +25,10 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
     with torch.autocast(device_type=face.device.type, enabled=False):
         face, face_aux, voice, voice_aux = (x.float() for x in (face, face_aux, voice, voice_aux))
         options = dict(temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l, hinge=cfg.H)
-        # The two intra-modal pairs share one batched call: leading dimension [face, voice].
-        cross = bidirectional_terms(face, voice, cross=True, **options)
-        intra = bidirectional_terms(torch.stack([face, voice]), torch.stack([face_aux, voice_aux]), cross=False,
-                                    **options)
-        aasm, bcr, correct = (torch.cat([c[None], i]) for c, i in zip(cross, intra))  # rows: PAIRS, each 3×B
+        # The three pairs in one batched call; rows of every term: PAIRS.
+        aasm, bcr, correct = bidirectional_terms(torch.stack([face, face, voice]),
+                                                 torch.stack([voice, face_aux, voice_aux]),
+                                                 cross=(True, False, False), **options)
         if cfg.bcr_detach:
             bcr = bcr.detach()  # the release: BCR changes only the logged loss
 
@@ -40,14 +39,17 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
         else:
             regauge = bcr.mean(dim=-1).sum()
 
-        loss = aasm[0].mean() + (aasm[1] + aasm[2]).mean()
+        aasm_means = aasm.mean(dim=-1)  # mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) = their sum
+        loss = aasm_means.sum()
         if iteration >= cfg.regauge_iter:
             loss = loss + cfg.regauge_weight * regauge
         if equilibrium is not None:
             equilibrium.accumulate(labels, correct[0], face.shape[0] - 1)
 
-    terms = {f"aasm_{name}": aasm[k].mean().detach() for k, name in enumerate(PAIRS)}
-    terms.update({f"bcr_{name}": bcr[k].mean().detach() for k, name in enumerate(PAIRS)})
+    size = face.shape[0]
+    aasm_means, bcr_means = aasm_means.detach(), bcr.detach().mean(dim=-1)
+    terms = {f"aasm_{name}": aasm_means[k] for k, name in enumerate(PAIRS)}
+    terms.update({f"bcr_{name}": bcr_means[k] for k, name in enumerate(PAIRS)})
     terms["regauge"] = regauge.detach()
-    terms["rank_accuracy"] = correct[0].mean().detach() / (face.shape[0] - 1)
+    terms["rank_accuracy"] = correct[0].float().mean() / (size - 1)
     return loss, terms

@@ -1,0 +1,151 @@
+"""Per-iteration loss, forward + backward: the vectorised `losses.total_loss` against a per-row loop.
+
+The loop computes the same math the way the release does: masked B×B matrices built by broadcasting,
+then a Python double loop over the rows and entries of T for the BCR row means, whose results are
+rebuilt from Python numbers (so, as in the release, no gradient flows through BCR), and the
+zero-avoiding means by boolean indexing. It is compared with `total_loss(bcr_detach=True)`, the same
+computation; `total_loss` with BCR gradients (the default) is timed as well. Both must give the same
+loss and the same IE counts. One CPU thread.
+
+    python bench/loss.py [--sizes 20 64 256] [--repeats 20]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from easydict import EasyDict
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from losses import InstanceEquilibrium, total_loss  # noqa: E402
+from losses.aasm import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET  # noqa: E402
+from losses.bcr import REGAUGE_MARGIN  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+
+def loop_direction(anchors, candidates, offset, cfg):
+    """(ℓ, b, k) of one direction: matrices by broadcasting, BCR row means by a double loop."""
+    size = anchors.shape[0]
+    off_diagonal = 1.0 - torch.eye(size)
+    anchors_unit, candidates_unit = F.normalize(anchors, dim=1), F.normalize(candidates, dim=1)
+    scores = (anchors.unsqueeze(1) * candidates_unit.unsqueeze(0)).sum(-1)
+    own_scores = ((1.0 - off_diagonal) * scores).sum(-1, keepdim=True)
+    # Σ over every j holds exp(0) = 1 for j = i; c − 1 makes up the rest.
+    aasm = torch.log(offset - 1 + torch.exp(off_diagonal * (scores - own_scores) / cfg.temp).sum(-1))
+
+    cosines = (anchors_unit.unsqueeze(1) * candidates_unit.unsqueeze(0)).sum(-1)
+    candidate_cosines = (candidates_unit.unsqueeze(1) * candidates_unit.unsqueeze(0)).sum(-1)
+    positives = ((1.0 - off_diagonal) * cosines).sum(-1, keepdim=True)
+    if cfg.H:
+        raw = off_diagonal * (cosines - positives + cfg.m_l)
+    else:
+        scale_positive = torch.clamp_min(1 + cfg.m_l - positives.detach(), 0)
+        scale_negative = torch.clamp_min(cosines.detach() + cfg.m_l, 0)
+        raw = off_diagonal * (scale_negative * (cosines - cfg.m_l) - scale_positive * (positives - (1 - cfg.m_l)))
+    loose = (raw > 0).float()
+    regauged = (torch.clamp_min(raw, 0) + torch.clamp_min(loose * (candidate_cosines + REGAUGE_MARGIN - positives), 0)
+                + torch.clamp_min(loose * (cosines - candidate_cosines + REGAUGE_MARGIN), 0))
+    row_means = []
+    for i in range(size):
+        total, count = 0.0, 0
+        for j in range(size):
+            if regauged[i][j] != 0:
+                total = total + regauged[i][j]
+                count += 1
+        row_means.append((total / count).item() if count else 0.0)
+    bcr = torch.tensor(row_means) * (positives.squeeze(1) > cfg.m_u)
+    correct = torch.count_nonzero(off_diagonal * (cosines - positives) < 0, dim=1)
+    return aasm, bcr, correct
+
+
+def zero_avoiding_mean(values):
+    kept = values[values != 0]
+    return kept.mean() if kept.numel() else torch.tensor(0.0)
+
+
+def loop_total(face, face_aux, voice, voice_aux, labels, weights, iteration, cfg):
+    """The per-iteration loss with the release's loops; returns (loss, cross-pair correct counts)."""
+    pair_aasm, regauge, counts = [], torch.tensor(0.0), None
+    for x, y, offset in [(face, voice, CROSS_MODAL_OFFSET), (face, face_aux, INTRA_MODAL_OFFSET),
+                         (voice, voice_aux, INTRA_MODAL_OFFSET)]:
+        aasm1, bcr1, correct1 = loop_direction(y, x, offset, cfg)
+        aasm2, bcr2, _ = loop_direction(x, y, offset, cfg)
+        counts = counts if counts is not None else correct1
+        pair_aasm.append(0.5 * (aasm1 + aasm2))
+        nonzero = (bcr1 != 0).float() + (bcr2 != 0).float()
+        bcr = bcr1 + bcr2
+        bcr[bcr != 0] /= nonzero[bcr != 0]
+        if cfg.weighted_enabled:
+            regauge = regauge + zero_avoiding_mean(bcr * torch.index_select(weights, 0, labels))
+        else:
+            regauge = regauge + bcr.mean()
+    loss = pair_aasm[0].mean() + (pair_aasm[1] + pair_aasm[2]).mean()
+    if iteration >= cfg.regauge_iter:
+        loss = loss + cfg.regauge_weight * regauge
+    return loss, counts
+
+
+def embeddings(size, dim, generator):
+    """Four batches around shared identity centres, so that positives are close (π ≈ 0.5) as in training."""
+    centres = torch.randn(size, dim, generator=generator)
+    return [(centres + torch.randn(size, dim, generator=generator)).requires_grad_() for _ in range(4)]
+
+
+def timed(function, repeats):
+    """Best wall time of `repeats` calls of function() (forward + backward)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20, 64, 256])
+    parser.add_argument("--repeats", type=int, default=20, help="repeats of the vectorised loss (the loop runs fewer)")
+    parser.add_argument("--cfg", default=os.path.join(os.path.dirname(__file__), "..", "config", "cfg.yaml"))
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = load_config(args.cfg).training
+    iteration = max(cfg.regauge_iter, 1)  # BCR and IE active
+    print(f"B     loop (s)   vectorised, BCR detached (s)   ratio   vectorised, BCR gradient (s)   ratio")
+    for size in args.sizes:
+        generator = torch.Generator().manual_seed(size)
+        inputs = embeddings(size, 128, generator)
+        labels = torch.randperm(4 * size, generator=generator)[:size]
+        equilibrium = InstanceEquilibrium(4 * size)
+        equilibrium.identity_weights.copy_(torch.rand(4 * size, generator=generator) + 0.5)
+        detached = EasyDict(cfg, bcr_detach=True)
+
+        def vectorised(settings, target=equilibrium):
+            loss, _ = total_loss(*inputs, labels, target, iteration, settings)
+            loss.backward()
+            return loss
+
+        def loop():
+            loss, counts = loop_total(*inputs, labels, equilibrium.identity_weights, iteration, cfg)
+            loss.backward()
+            return loss, counts
+
+        fresh = InstanceEquilibrium(4 * size)
+        fresh.load_state_dict(equilibrium.state_dict())
+        ours = vectorised(detached, fresh)
+        theirs, counts = loop()
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+        assert torch.equal(fresh.correct_counts[labels], counts.float())
+        loop_time = timed(loop, 1 if size > 64 else 3)
+        detached_time = timed(lambda: vectorised(detached), args.repeats)
+        gradient_time = timed(lambda: vectorised(cfg), args.repeats)
+        print(f"{size:<5} {loop_time:9.4f}   {detached_time:28.5f}   {loop_time / detached_time:5.0f}x"
+              f"   {gradient_time:28.5f}   {loop_time / gradient_time:5.0f}x", flush=True)
+
+
+if __name__ == "__main__":
+    main()
