@@ -103,7 +103,8 @@ def normalise(embeddings: np.ndarray) -> np.ndarray:
 
 def line_scores(unit: np.ndarray, lines: np.ndarray) -> np.ndarray:
     """Cosine of each line's query (column 0) with each of its candidates: (lines, columns - 1)."""
-    return np.einsum("ld,lnd->ln", unit[lines[:, 0]], unit[lines[:, 1:]])
+    queries = unit[lines[:, 0]]  # one candidate column at a time keeps 1:N lists at (lines, D) memory
+    return np.stack([np.einsum("ld,ld->l", queries, unit[lines[:, c]]) for c in range(1, lines.shape[1])], axis=1)
 
 
 # ---------------------------------------------------------------- matching
