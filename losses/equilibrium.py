@@ -26,7 +26,7 @@ class InstanceEquilibrium(nn.Module):
         self.register_buffer("identity_weights", torch.ones(num_identities))
 
     @torch.no_grad()
-    def accumulate(self, labels: torch.Tensor, correct: torch.Tensor, comparisons: int | torch.Tensor) -> None:
+    def accumulate(self, labels: torch.Tensor, correct: torch.Tensor, comparisons: int) -> None:
         """R_{y_i} += k_i and N_{y_i} += comparisons (B − 1 per row)."""
         correct = correct.detach().to(self.correct_counts.dtype)
         self.correct_counts.index_add_(0, labels, correct)

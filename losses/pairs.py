@@ -17,21 +17,24 @@ def correct_rankings(cosines: torch.Tensor) -> torch.Tensor:
     return (cosines < cosines.diagonal(dim1=-2, dim2=-1).unsqueeze(-1)).sum(-1)
 
 
-def pair_terms(anchors: torch.Tensor, candidates: torch.Tensor, *, cross: bool, temp: float, m_u: float,
-               m_l: float, hinge: bool) -> Terms:
-    """(ℓ_i, b_i, k_i) for anchors P and candidates Q (…×B×D; row i of both = identity i), each (…×B)."""
-    anchors_unit, candidates_unit = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
-    cosines = anchors_unit @ candidates_unit.mT
-    aasm = aasm_term(cosines, anchors.norm(dim=-1, keepdim=True), temp, offsets(cross))
-    bcr = bcr_term(cosines, candidates_unit @ candidates_unit.mT, m_u=m_u, m_l=m_l, hinge=hinge)
-    return aasm, bcr, correct_rankings(cosines)
-
-
 def offsets(cross: bool | Sequence[bool]) -> float | list[float]:
     """AaSM's c: cross-modal or intra-modal, for one pair or for each pair of a stack."""
     if isinstance(cross, bool):
         return CROSS_MODAL_OFFSET if cross else INTRA_MODAL_OFFSET
     return [offsets(flag) for flag in cross]
+
+
+def pair_terms(anchors: torch.Tensor, candidates: torch.Tensor, *, cross: bool, temp: float, m_u: float,
+               m_l: float, hinge: bool) -> Terms:
+    """(ℓ_i, b_i, k_i) for anchors P and candidates Q (…×B×D; row i of both = identity i), each (…×B).
+
+    ℓ and b are float, k (the correct-ranking count, out of B − 1) is an integer tensor.
+    """
+    anchors_unit, candidates_unit = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
+    cosines = anchors_unit @ candidates_unit.mT
+    aasm = aasm_term(cosines, anchors.norm(dim=-1, keepdim=True), temp, offsets(cross))
+    bcr = bcr_term(cosines, candidates_unit @ candidates_unit.mT, m_u=m_u, m_l=m_l, hinge=hinge)
+    return aasm, bcr, correct_rankings(cosines)
 
 
 def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Sequence[bool], temp: float,

@@ -12,18 +12,22 @@ PAIRS = ("cross", "face", "voice")
 
 
 def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, voice_aux: torch.Tensor,
-               labels: torch.Tensor, equilibrium: InstanceEquilibrium | None, iteration: int,
+               labels: torch.Tensor, equilibrium: InstanceEquilibrium, iteration: int,
                cfg_training: EasyDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L = mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) + [t ≥ regauge_iter]·λ·Σ_pairs Z(b ⊙ w_y).
 
-    Embeddings are B×D, row i of all four from identity `labels[i]`. With an `equilibrium`, this call
-    also does IE's bookkeeping: it first refreshes the weights when `should_refresh(iteration)` (so the
-    refreshed weights already serve this iteration's loss), then adds this iteration's cross-pair
-    counts. The caller must not refresh or accumulate itself. Returns the loss and detached terms.
+    Embeddings are B×D, row i of all four from training identity `labels[i]` (any float dtype; the
+    math runs in float32 with autocast off). This call also does IE's bookkeeping: it first refreshes
+    the weights when `should_refresh(iteration)` (so the refreshed weights already serve this
+    iteration's loss), then adds this iteration's cross-pair counts; the caller must not refresh or
+    accumulate itself. Returns the loss and detached 0-d terms for logging: aasm_<pair>, bcr_<pair>
+    (row means, pair in PAIRS), regauge (the BCR sum before ×regauge_weight, also before
+    regauge_iter) and rank_accuracy (the cross pair's k_i/(B − 1), averaged).
     """
     cfg = cfg_training
     with torch.autocast(device_type=face.device.type, enabled=False):
         face, face_aux, voice, voice_aux = (x.float() for x in (face, face_aux, voice, voice_aux))
+        size = face.shape[0]
         options = dict(temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l, hinge=cfg.H)
         # The three pairs in one batched call; rows of every term: PAIRS.
         aasm, bcr, correct = bidirectional_terms(torch.stack([face, face, voice]),
@@ -32,21 +36,19 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
         if cfg.bcr_detach:
             bcr = bcr.detach()  # the release: BCR changes only the logged loss
 
-        if equilibrium is not None and should_refresh(iteration, cfg):
+        if should_refresh(iteration, cfg):
             equilibrium.refresh()
-        if cfg.weighted_enabled and equilibrium is not None:
+        if cfg.weighted_enabled:
             regauge = nonzero_mean(bcr * equilibrium.weights_of(labels)).sum()
         else:
-            regauge = bcr.mean(dim=-1).sum()
+            regauge = bcr.mean(dim=-1).sum()  # the release without IE: zeros included
 
         aasm_means = aasm.mean(dim=-1)  # mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) = their sum
         loss = aasm_means.sum()
         if iteration >= cfg.regauge_iter:
             loss = loss + cfg.regauge_weight * regauge
-        if equilibrium is not None:
-            equilibrium.accumulate(labels, correct[0], face.shape[0] - 1)
+        equilibrium.accumulate(labels, correct[0], size - 1)
 
-    size = face.shape[0]
     aasm_means, bcr_means = aasm_means.detach(), bcr.detach().mean(dim=-1)
     terms = {f"aasm_{name}": aasm_means[k] for k, name in enumerate(PAIRS)}
     terms.update({f"bcr_{name}": bcr_means[k] for k, name in enumerate(PAIRS)})

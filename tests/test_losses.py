@@ -75,6 +75,17 @@ def test_bidirectional_terms_combine_both_directions(index):
         assert torch.equal(correct.long(), case[f"correct[{forward}]"].long())
 
 
+def test_stacked_pairs_match_separate_calls():
+    # total_loss's single batched call: one `cross` flag per stacked pair.
+    case = CASES[0]
+    x = torch.stack([case["face"], case["face"], case["voice"]])
+    y = torch.stack([case["voice"], case["face_aux"], case["voice_aux"]])
+    stacked = bidirectional_terms(x, y, cross=(True, False, False), **options(case))
+    for pair, separate in enumerate(per_pair_terms(case)):
+        for together, alone in zip(stacked, separate):
+            torch.testing.assert_close(together[pair], alone)
+
+
 def test_nonzero_mean_skips_zeros():
     values = torch.tensor([[0.0, 2.0, 4.0], [0.0, 0.0, 0.0]])
     assert torch.equal(nonzero_mean(values), torch.tensor([3.0, 0.0]))
@@ -151,8 +162,12 @@ def test_gradients_are_finite_and_reach_every_input_through_bcr(hinge):
 def test_total_loss_is_float32_for_half_precision_inputs():
     case = CASES[0]
     inputs = [x.to(torch.bfloat16) for x in case_inputs(case)]
-    loss, terms = total_loss(*inputs, torch.arange(20), InstanceEquilibrium(20), 7000, training_cfg(case))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, terms = total_loss(*inputs, torch.arange(20), InstanceEquilibrium(20), 7000, training_cfg(case))
     assert loss.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
+    reference, _ = total_loss(*[x.float() for x in inputs], torch.arange(20), InstanceEquilibrium(20), 7000,
+                              training_cfg(case))
+    torch.testing.assert_close(loss, reference)
 
 
 def test_total_loss_accumulates_cross_pair_counts():
