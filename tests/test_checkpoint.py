@@ -2,7 +2,9 @@ import json
 import logging
 import math
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 from easydict import EasyDict
@@ -122,7 +124,8 @@ def small_model(seed=0, se=False):
 def own_checkpoint(model, equilibrium, iteration=5):
     return {"format": "aasm", "iteration": iteration, "model": model.state_dict(),
             "equilibrium": equilibrium.state_dict(), "optimizer": {}, "best_val": 0.5,
-            "rng": {"torch": torch.get_rng_state()}, "config": {"seed": 0}}
+            "rng": [{"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}],
+            "config": {"seed": 0}}
 
 
 def test_own_checkpoint_round_trip(tmp_path):
@@ -133,6 +136,8 @@ def test_own_checkpoint_round_trip(tmp_path):
     restored, restored_equilibrium = small_model(1), InstanceEquilibrium(7)
     checkpoint = load_checkpoint(restored, path, restored_equilibrium)
     assert checkpoint["iteration"] == 5 and checkpoint["best_val"] == 0.5
+    np.random.set_state(checkpoint["rng"][0]["numpy"])  # numpy's RNG state survives weights_only loading
+    random.setstate(checkpoint["rng"][0]["python"])
     for key, value in model.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value), key
     assert torch.equal(restored_equilibrium.comparison_counts, equilibrium.comparison_counts)
