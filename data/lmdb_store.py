@@ -44,20 +44,29 @@ class BadInput(ValueError):
     """A raw file that cannot go into a store; the message says why."""
 
 
-_ENVIRONMENTS: dict[tuple[int, int, int], lmdb.Environment] = {}  # (pid, device, inode of data.mdb)
+_ENVIRONMENTS: dict[str, tuple[int, int, lmdb.Environment]] = {}  # real path -> (pid, inode, env)
 
 
 def _environment(path: str) -> lmdb.Environment:
-    """One read-only environment per store file and process (LMDB allows no second one)."""
-    stat = os.stat(os.path.join(path, "data.mdb"))
-    key = (os.getpid(), stat.st_dev, stat.st_ino)
-    for inherited in [k for k in _ENVIRONMENTS if k[1:] == key[1:] and k[0] != key[0]]:
-        _ENVIRONMENTS.pop(inherited).close()  # a forked worker's copy of its parent's handle
-    if key not in _ENVIRONMENTS:
-        # lock=False: a built store never changes, so readers need no lock table, and a forked
-        # DataLoader worker opens its own environment instead of using its parent's.
-        _ENVIRONMENTS[key] = lmdb.open(path, readonly=True, lock=False, readahead=False, meminit=False)
-    return _ENVIRONMENTS[key]
+    """The read-only environment of a store in this process (LMDB allows one per file and process)."""
+    real = os.path.realpath(path)
+    inode = os.stat(os.path.join(real, "data.mdb")).st_ino
+    pid, known_inode, env = _ENVIRONMENTS.get(real, (None, None, None))
+    if env is not None and (pid, known_inode) == (os.getpid(), inode):
+        return env
+    if env is not None:
+        env.close()  # a forked worker's copy of its parent's handle, or a store rebuilt since
+    # lock=False: a built store never changes, so readers need no lock table.
+    env = lmdb.open(real, readonly=True, lock=False, readahead=False, meminit=False)
+    _ENVIRONMENTS[real] = (os.getpid(), inode, env)
+    return env
+
+
+def _release(path: str) -> None:
+    """Close this process' reader of a store that is about to be rebuilt."""
+    entry = _ENVIRONMENTS.pop(os.path.realpath(path), None)
+    if entry is not None:
+        entry[2].close()
 
 
 class LmdbStore:
@@ -69,16 +78,9 @@ class LmdbStore:
             raise FileNotFoundError(f"LMDB store {path} not found{hint}; build it with "
                                     f"`python -m data.prepare --cfg CFG`")
         self.path = path
-        self._env = None
-        self._pid = None
 
-    def _txn(self) -> lmdb.Transaction:
-        if self._env is None or self._pid != os.getpid():
-            self._env, self._pid = _environment(self.path), os.getpid()
-        return self._env.begin(buffers=False)
-
-    def __getstate__(self) -> dict:
-        return {"path": self.path, "_env": None, "_pid": None}
+    def _env_txn(self, buffers: bool = False) -> lmdb.Transaction:
+        return _environment(self.path).begin(buffers=buffers)
 
     def info(self) -> dict:
         """Build parameters and counts (store.json)."""
@@ -86,31 +88,35 @@ class LmdbStore:
             return json.load(f)
 
     def keys(self) -> list[str]:
-        with self._txn() as txn:
+        with self._env_txn() as txn:
             return [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
 
     def __len__(self) -> int:
-        with self._txn() as txn:
+        with self._env_txn() as txn:
             return txn.stat()["entries"]
 
     def __contains__(self, key: str) -> bool:
-        with self._txn() as txn:
+        with self._env_txn() as txn:
             return txn.get(key.encode()) is not None
 
-    def read_bytes(self, key: str) -> bytes:
-        with self._txn() as txn:
+    def _read(self, key: str, convert: Callable[[memoryview], object]) -> object:
+        """convert(value) while the transaction is open: the value is a view into the map, no copy."""
+        with self._env_txn(buffers=True) as txn:
             value = txn.get(key.encode())
-        if value is None:
-            raise MissingKeyError(f"key '{key}' is not in the store {self.path}")
-        return value
+            if value is None:
+                raise MissingKeyError(f"key '{key}' is not in the store {self.path}")
+            return convert(value)
+
+    def read_bytes(self, key: str) -> bytes:
+        return self._read(key, bytes)
 
     def read_audio(self, key: str) -> np.ndarray:
         """int16 samples (T,) of a clip."""
-        return np.frombuffer(self.read_bytes(key), dtype="<i2").astype(np.int16)
+        return self._read(key, lambda value: np.frombuffer(value, dtype="<i2").astype(np.int16))
 
     def read_image(self, key: str) -> np.ndarray:
         """uint8 BGR image (H, W, 3)."""
-        image = cv2.imdecode(np.frombuffer(self.read_bytes(key), np.uint8), cv2.IMREAD_COLOR)
+        image = self._read(key, lambda value: cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR))
         if image is None:
             raise ValueError(f"{self.path}: the image '{key}' does not decode")
         return image
@@ -237,6 +243,7 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
     if info.get("params") == params:
         if info.get("fingerprint") == fingerprint:
             return BuildReport(path, info["stored"], _read_skipped(os.path.join(path, SKIPPED_FILE)))
+        _release(path)
         if os.path.isdir(partial_dir):
             shutil.rmtree(partial_dir)
         os.replace(path, partial_dir)  # same parameters, other files: update it rather than rebuild
@@ -311,8 +318,8 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
     with open(os.path.join(partial_dir, INFO_FILE), "w") as f:
         json.dump({"params": params, "fingerprint": fingerprint, "stored": stored,
                    "skipped": len(known_bad)}, f, indent=1)
-    os.remove(params_file)
     if os.path.exists(path):
+        _release(path)
         shutil.rmtree(path)  # a complete store built with other parameters
     os.replace(partial_dir, path)
     return report
