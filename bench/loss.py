@@ -5,7 +5,7 @@ then a Python double loop over the rows and entries of T for the BCR row means, 
 rebuilt from Python numbers (so, as in the release, no gradient flows through BCR), and the
 zero-avoiding means by boolean indexing. It is compared with `total_loss(bcr_detach=True)`, the same
 computation; `total_loss` with BCR gradients (the default) is timed as well. Both must give the same
-loss and the same IE counts. One CPU thread.
+loss, input gradients and IE counts. One CPU thread, best of several runs.
 
     python bench/loss.py [--sizes 20 64 256] [--repeats 20]
 """
