@@ -31,6 +31,7 @@ from tqdm import tqdm
 from data.lists import list_path
 from utils import metrics
 from utils.config import ConfigError, config_to_dict, load_config, run_dir
+from utils.distributed import device_of
 
 DIRECTIONS = (("v2f", "voice→face"), ("f2v", "face→voice"))
 # (task, gender-constrained, column header) in the paper's order.
@@ -300,36 +301,15 @@ def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
     return labels, [identities[i].gender for i in labels]
 
 
-def device_of(cfg) -> torch.device:
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
-@torch.no_grad()
-def embed(model, cfg, keys: list[str], modality: str, device: torch.device) -> torch.Tensor:
-    """Embeddings (len(keys), D) through the eval transform, batched across identities."""
-    from data.datasets import eval_loader
-
-    loader = eval_loader(cfg, keys, modality)
-    encode = model.encode_voice if modality == "voice" else model.encode_face
-    out, seen = [], []
-    for batch_keys, inputs in tqdm(loader, desc=f"embedding {len(keys)} {modality} files", unit="batch"):
-        out.append(encode(inputs.to(device, non_blocking=True)).float().cpu())
-        seen.extend(batch_keys)
-    if seen != keys:
-        raise RuntimeError("EvalDataset returned the files in another order than asked")
-    return torch.cat(out)
-
-
 def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: dict, path: str) -> Features:
     """Embed `files` (by modality) with the checkpoint's model; cache them at `path`."""
     from models import build_model
     from utils.checkpoint import load_checkpoint
+    from utils.evaluation import embed
 
     keys = files["voice"] + files["face"]
     ids, genders = identities_of(cfg, keys)
-    device = device_of(cfg)
+    device = device_of(cfg.device)
     model = build_model(cfg.models)
     load_checkpoint(model, checkpoint)
     model.to(device).eval()

@@ -13,8 +13,9 @@ class IdentityBatchSampler(Sampler):
     Each epoch is one seeded permutation of the identities cut into global
     batches of `batch_size` (the last partial batch dropped), so a batch never
     holds an identity twice; rank r of `world_size` takes the r-th slice of every
-    global batch. Each index comes with a seed for that item's random draws, so
-    the data a given iteration sees does not depend on workers, ranks or resumes.
+    global batch. Each index comes with its epoch, from which the dataset seeds
+    that item's random draws, so what an iteration sees does not depend on
+    workers, ranks or resumes.
     """
 
     def __init__(self, num_identities: int, batch_size: int, *, seed: int = 0, start_iteration: int = 1,
@@ -31,13 +32,11 @@ class IdentityBatchSampler(Sampler):
         self.batches_per_epoch = num_identities // batch_size
 
     def batch(self, iteration: int) -> list[tuple[int, int]]:
-        """(identity index, item seed) pairs of this rank's share of global batch `iteration` (1-based)."""
+        """(identity index, epoch) pairs of this rank's share of global batch `iteration` (1-based)."""
         epoch, position = divmod(iteration - 1, self.batches_per_epoch)
         order = torch.randperm(self.num_identities, generator=torch.Generator().manual_seed(self.seed + epoch))
         first = position * self.batch_size + self.offset
-        identities = order[first:first + self.local_size].tolist()
-        base = (self.seed * 1_000_003 + iteration) * self.batch_size + self.offset
-        return [(identity, base + k) for k, identity in enumerate(identities)]
+        return [(identity, epoch) for identity in order[first:first + self.local_size].tolist()]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         iteration = self.start_iteration

@@ -24,6 +24,15 @@ class Context:
         return self.world_size > 1
 
 
+def device_of(name: str, ctx: Context = Context()) -> torch.device:
+    """The config's `device` ('auto' = CUDA when present); each rank takes its local GPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and ctx.enabled:
+        name = f"cuda:{ctx.local_rank}"
+    return torch.device(name)
+
+
 def setup(device_type: str) -> Context:
     """Join the process group torchrun describes in the environment (if any)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -1,0 +1,57 @@
+import pytest
+import torch
+
+from utils.config import load_config
+from train import NonFiniteLoss, check_finite, crop_clips, learning_rate, plateaued
+from losses import should_refresh
+
+
+@pytest.fixture(scope="module")
+def released():
+    return load_config("config/cfg.yaml")
+
+
+def test_learning_rate_drops_tenfold_at_each_step(released):
+    t = released.training
+    assert learning_rate(1, t) == pytest.approx(0.01)
+    assert learning_rate(6887, t) == pytest.approx(0.01)
+    assert learning_rate(6888, t) == pytest.approx(0.001)
+    assert learning_rate(9887, t) == pytest.approx(0.001)
+    assert learning_rate(9888, t) == pytest.approx(0.0001)
+    assert learning_rate(27000, t) == pytest.approx(0.0001)
+
+
+def test_equilibrium_refreshes_every_interval_after_warm_up(released):
+    t = released.training
+    refreshes = [it for it in range(1, 12000) if should_refresh(it, t)]
+    assert refreshes[0] == 6440  # warm-up 6440 is itself a multiple of 920 (7 × 920)
+    assert all(b - a == 920 for a, b in zip(refreshes, refreshes[1:]))
+
+
+def test_crop_is_shared_by_the_batch_and_within_range(released):
+    waves = torch.arange(160000, dtype=torch.float32).repeat(4, 1)
+    lengths = set()
+    for seed in range(20):
+        crop = crop_clips(waves, torch.Generator().manual_seed(seed), released)
+        assert torch.equal(crop, crop[:1].expand_as(crop))  # one window for every row
+        assert 2.5 * 16000 <= crop.shape[1] < 5 * 16000
+        assert crop[0, 1] - crop[0, 0] == 1  # a contiguous window
+        lengths.add(crop.shape[1])
+    assert len(lengths) > 10
+    a = crop_clips(waves, torch.Generator().manual_seed(3), released)
+    b = crop_clips(waves, torch.Generator().manual_seed(3), released)
+    assert torch.equal(a, b)
+
+
+def test_plateau_rule():
+    assert not plateaued([0.5, 0.6, 0.6, 0.55, 0.5], 0)
+    assert plateaued([0.7, 0.6, 0.6, 0.55, 0.5], 5)
+    assert not plateaued([0.5, 0.6, 0.6, 0.55, 0.5], 5)
+    assert not plateaued([0.7, 0.6], 5)
+
+
+def test_non_finite_loss_names_iteration_and_term():
+    check_finite({"loss": torch.tensor(1.0), "aasm_cross": torch.tensor(0.5)}, 3)
+    with pytest.raises(NonFiniteLoss, match=r"iteration 12: term\(s\) loss, bcr_face"):
+        check_finite({"loss": torch.tensor(float("nan")), "aasm_cross": torch.tensor(0.5),
+                      "bcr_face": torch.tensor(float("inf"))}, 12)

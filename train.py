@@ -1,0 +1,296 @@
+"""Train the voice and face encoders with AaSM, BCR and Instance Equilibrium.
+
+    python train.py --cfg config/cfg.yaml [--opts training.lr=0.02 ...] [--resume auto|PATH]
+    torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import random
+import time
+
+import numpy as np
+import torch
+from tensorboardX import SummaryWriter
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from data.datasets import TrainDataset
+from data.prepare import is_prepared, prepare
+from data.sampler import IdentityBatchSampler
+from losses import InstanceEquilibrium, should_refresh, total_loss
+from models import build_model
+from utils import distributed
+from utils.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_pretrained_face,
+    load_pretrained_voice,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from utils.config import config_to_dict, load_config, run_dir, save_config
+from utils.evaluation import validate
+
+log = logging.getLogger("train")
+
+
+def learning_rate(iteration: int, cfg_training) -> float:
+    """Step schedule: lr × gamma for every step iteration already reached."""
+    drops = sum(iteration >= step for step in cfg_training.lr_steps)
+    return cfg_training.lr * cfg_training.lr_gamma ** drops
+
+
+def crop_clips(waves: torch.Tensor, generator: torch.Generator, cfg) -> torch.Tensor:
+    """One crop length L ~ U[lo, hi) s and one start, shared by the whole batch."""
+    lo, hi = cfg.training.crop_seconds
+    rate = cfg.dataset.sample_rate
+    length = int((lo + (hi - lo) * torch.rand((), generator=generator).item()) * rate)
+    start = int(torch.randint(0, waves.shape[-1] - length + 1, (), generator=generator))
+    return waves[..., start:start + length]
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    else:
+        torch.backends.cudnn.benchmark = True
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def setup_logging(folder: str, is_main: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if is_main:
+        handlers.append(logging.FileHandler(os.path.join(folder, "train.log")))
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+
+
+class PairEncoder(torch.nn.Module):
+    """Both images and both clips of a batch through the encoders in one forward (what DDP wraps)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, face, face_aux, voice, voice_aux) -> tuple[torch.Tensor, ...]:
+        m = self.model
+        return m.encode_face(face), m.encode_face(face_aux), m.encode_voice(voice), m.encode_voice(voice_aux)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_finite(terms: dict[str, torch.Tensor], iteration: int) -> None:
+    """Stop on NaN/inf, naming the iteration and the first offending loss term."""
+    values = torch.stack([t.detach().float() for t in terms.values()])
+    if bool(torch.isfinite(values).all()):
+        return
+    bad = [name for name, v in zip(terms, values.tolist()) if not math.isfinite(v)]
+    raise NonFiniteLoss(f"non-finite loss at iteration {iteration}: term(s) {', '.join(bad)}; "
+                        "stopping without saving this state")
+
+
+def plateaued(history: list[float], patience: int) -> bool:
+    """The release's stopping rule: the last `patience` validation accuracies never increase."""
+    if patience <= 0 or len(history) < patience:
+        return False
+    tail = history[-patience:]
+    return all(b <= a for a, b in zip(tail, tail[1:]))
+
+
+def train(cfg, resume: str | None = None) -> dict:
+    """Run training as the config says; returns the final training state summary."""
+    ctx = distributed.setup("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    device = device_of(cfg.device, ctx)
+    folder = run_dir(cfg)
+    if ctx.is_main:
+        os.makedirs(folder, exist_ok=True)
+        save_config(cfg, os.path.join(folder, "config.yaml"))
+    distributed.barrier(ctx)
+    setup_logging(folder, ctx.is_main)
+    seed_everything(cfg.seed + ctx.rank, cfg.training.deterministic)
+
+    if ctx.is_main and not is_prepared(cfg):
+        log.info("data not prepared yet: running data.prepare")
+        prepare(cfg)
+    distributed.barrier(ctx)
+
+    tcfg = cfg.training
+    if tcfg.batch_size % ctx.world_size:
+        raise ValueError(f"training.batch_size={tcfg.batch_size} is not divisible by the "
+                         f"{ctx.world_size} processes")
+    dataset = TrainDataset(cfg)
+    model = build_model(cfg.models).to(device)
+    if cfg.models.face.pretrained:
+        load_pretrained_face(model, cfg.models.face.pretrained)
+    if cfg.models.voice.pretrained:
+        load_pretrained_voice(model, cfg.models.voice.pretrained)
+    use_cuda = device.type == "cuda"
+    if tcfg.channels_last and use_cuda:
+        model = model.to(memory_format=torch.channels_last)
+    equilibrium = InstanceEquilibrium(len(dataset)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
+                                weight_decay=tcfg.weight_decay)
+
+    start, best_val, history = 1, -1.0, []
+    resume = resume or tcfg.resume
+    if resume == "auto":
+        resume = latest_checkpoint(folder)
+        if resume is None:
+            log.info("--resume auto: no checkpoint in %s, starting fresh", folder)
+    if resume:
+        state = load_checkpoint(model, resume, equilibrium)
+        if state.get("format") != "aasm":
+            raise ValueError(f"{resume}: only checkpoints written by train.py can be resumed")
+        optimizer.load_state_dict(state["optimizer"])
+        start, best_val, history = state["iteration"] + 1, state["best_val"], state["val_history"]
+        set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
+        log.info("resumed from %s at iteration %d", resume, start)
+
+    encoders = PairEncoder(model)
+    if ctx.enabled:
+        if use_cuda:  # batch-norm statistics over the global batch, as in one process
+            encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
+        encoders = torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if use_cuda else None)
+
+    sampler = IdentityBatchSampler(len(dataset), tcfg.batch_size, seed=cfg.seed, start_iteration=start,
+                                   rank=ctx.rank, world_size=ctx.world_size)
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers,
+                        pin_memory=use_cuda, persistent_workers=cfg.dataset.num_workers > 0)
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.amp]
+    amp_on = amp_dtype is not None and use_cuda
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_on and amp_dtype == torch.float16)
+    writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
+
+    def checkpoint_state(iteration: int) -> dict:
+        return {"format": "aasm", "iteration": iteration, "model": model.state_dict(),
+                "equilibrium": equilibrium.state_dict(), "optimizer": optimizer.state_dict(),
+                "best_val": best_val, "val_history": history, "rng": gathered_rng(ctx),
+                "config": config_to_dict(cfg)}
+
+    last_iteration = tcfg.max_iter if tcfg.plateau_patience <= 0 else None
+    bar = tqdm(total=tcfg.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
+    iteration = start
+    t0 = time.time()
+    for faces, voices, labels in loader:
+        if last_iteration is not None and iteration > last_iteration:
+            break
+        lr = learning_rate(iteration, tcfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        # Crops are drawn from (seed, iteration): every rank cuts the same window, and a resumed run cuts
+        # the same windows as an uninterrupted one.
+        crop_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+        faces = faces.to(device, non_blocking=True)
+        voices = voices.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if tcfg.channels_last and use_cuda:
+            faces = faces.contiguous(memory_format=torch.channels_last)
+        voice = crop_clips(voices[:, 0], crop_rng, cfg)
+        voice_aux = crop_clips(voices[:, 1], crop_rng, cfg)
+
+        encoders.train()
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_on):
+            embeddings = encoders(faces[:, 0], faces[:, 1], voice, voice_aux)
+        face, face_aux, voice_emb, voice_aux_emb = (
+            distributed.gather_with_grad(e.float(), ctx) for e in embeddings)
+        # Every rank sees the whole gathered batch, so the equilibrium counters and weights agree on all ranks.
+        loss, terms = total_loss(face, face_aux, voice_emb, voice_aux_emb, distributed.gather(labels, ctx),
+                                 equilibrium, iteration, tcfg)
+        check_finite({"loss": loss, **terms}, iteration)
+        if writer is not None and should_refresh(iteration, tcfg):  # total_loss has just refreshed them
+            writer.add_histogram("equilibrium/weights", equilibrium.identity_weights.cpu().numpy(), iteration)
+
+        optimizer.zero_grad(set_to_none=True)
+        # Each rank's loss is the global one and its gradient reaches every rank's rows, so
+        # DDP's average over ranks yields the single-process gradient of the global batch.
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+        if ctx.is_main and (iteration % tcfg.log_iter == 0 or iteration == start):
+            for name, value in terms.items():
+                writer.add_scalar(f"loss/{name}", float(value), iteration)
+            writer.add_scalar("loss/total", float(loss), iteration)
+            writer.add_scalar("lr", lr, iteration)
+            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.0e}")
+
+        reached_end = last_iteration is not None and iteration == last_iteration
+        if iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0 or reached_end:
+            accuracy = validate(model, cfg, device) if ctx.is_main else 0.0
+            accuracy = distributed.broadcast_object(accuracy, ctx)
+            history.append(accuracy)
+            is_best = accuracy > best_val
+            best_val = max(best_val, accuracy)
+            if ctx.is_main:
+                writer.add_scalar("val/match_v2f_2", accuracy, iteration)
+                log.info("iteration %d: validation 1:2 v2f matching %.2f%% (best %.2f%%)",
+                         iteration, 100 * accuracy, 100 * best_val)
+                if is_best:
+                    save_checkpoint(checkpoint_state(iteration), os.path.join(folder, "checkpoint_best.pth.tar"))
+            if last_iteration is None and iteration >= tcfg.max_iter and plateaued(history, tcfg.plateau_patience):
+                last_iteration = iteration
+        if iteration == 1 or iteration % tcfg.save_iter == 0 or iteration == last_iteration:
+            state = checkpoint_state(iteration)
+            if ctx.is_main:
+                save_checkpoint(state, os.path.join(folder, f"checkpoint_{iteration}.pth.tar"))
+                prune_checkpoints(folder, tcfg.keep_last)
+        bar.update(1)
+        if iteration == last_iteration:
+            break
+        iteration += 1
+
+    bar.close()
+    elapsed = time.time() - t0
+    if ctx.is_main:
+        log.info("finished %d iterations in %.1f s; best validation 1:2 v2f matching %.2f%%",
+                 iteration - start + 1, elapsed, 100 * best_val)
+        writer.close()
+    distributed.cleanup(ctx)
+    return {"iteration": iteration, "best_val": best_val, "seconds": elapsed, "run_dir": folder}
+
+
+def gathered_rng(ctx: distributed.Context) -> list[dict]:
+    """Every rank's RNG state (rank order), so a resumed run continues each stream."""
+    state = rng_state()
+    if not ctx.enabled:
+        return [state]
+    states = [None] * ctx.world_size
+    torch.distributed.all_gather_object(states, state)
+    return states
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml")
+    parser.add_argument("--opts", nargs="*", default=[], help="overrides: key.subkey=value ...")
+    parser.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for the newest")
+    args = parser.parse_args()
+    train(load_config(args.cfg, args.opts), resume=args.resume)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Embedding extraction and the validation score, shared by train.py and test.py."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from easydict import EasyDict
+from tqdm import tqdm
+
+from data.datasets import eval_loader
+from data.lists import list_path
+from utils import metrics
+
+VALIDATION_LIST = "match_v2f_2_val"
+
+
+@torch.no_grad()
+def embed(model: torch.nn.Module, cfg: EasyDict, keys: list[str], modality: str, device: torch.device,
+          progress: bool = True) -> torch.Tensor:
+    """Embeddings (len(keys), D) through the eval transform, batched across identities."""
+    encode = model.encode_voice if modality == "voice" else model.encode_face
+    out, seen = [], []
+    loader = eval_loader(cfg, keys, modality)
+    for batch_keys, inputs in tqdm(loader, desc=f"embedding {len(keys)} {modality} files", unit="batch",
+                                   disable=not progress, leave=False):
+        out.append(encode(inputs.to(device, non_blocking=True)).float().cpu())
+        seen.extend(batch_keys)
+    if seen != keys:
+        raise RuntimeError("EvalDataset returned the files in another order than asked")
+    return torch.cat(out)
+
+
+def validate(model: torch.nn.Module, cfg: EasyDict, device: torch.device) -> float:
+    """1:2 voice-to-face matching accuracy on the validation list (the release's model selection)."""
+    path = list_path(cfg.dataset.list_dir, VALIDATION_LIST)
+    voices, faces = (sorted(files) for files in metrics.list_files(path))
+    was_training = model.training
+    model.eval()
+    try:
+        embeddings = torch.cat([embed(model, cfg, voices, "voice", device), embed(model, cfg, faces, "face", device)])
+    finally:
+        model.train(was_training)
+    name2row = {key: row for row, key in enumerate(voices + faces)}
+    rows = metrics.read_list(path, name2row, min_columns=3)
+    scores = metrics.line_scores(metrics.normalise(embeddings.numpy()), rows)
+    return float(np.mean(metrics.matching_correct(scores)))
