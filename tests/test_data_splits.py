@@ -60,7 +60,7 @@ def test_split_file(tmp_path):
 def test_identities_without_faces_or_clips_are_none(tmp_path, tiny_root):
     """Face folder missing, face folder empty, clip folder missing: Set `none`."""
     root = tmp_path / "corpus"
-    shutil.copytree(tiny_root, root)
+    shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns("lists", "lmdb"))
     meta = read_meta(str(root / "vox1_meta.csv"))
     shutil.rmtree(root / "VGG_ALL_FRONTAL" / meta[8].vgg_id)
     for f in os.listdir(root / "VGG_ALL_FRONTAL" / meta[9].vgg_id):
