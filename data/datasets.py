@@ -87,7 +87,8 @@ def augment_faces(images: list[np.ndarray], size: int, rng: np.random.Generator)
 
 def pick_two(count: int, recent: np.ndarray, rng: np.random.Generator) -> tuple[int, int]:
     """Two different indices in [0, count), avoiding `recent` as far as `count` allows."""
-    rank = rng.random(count) + np.isin(np.arange(count), recent)  # recent ones sort last
+    positions = np.arange(count)
+    rank = rng.random(count) + (positions == recent[0]) + (positions == recent[1])  # recent ones sort last
     order = np.argsort(rank)
     return int(order[0]), int(order[min(1, count - 1)])
 
@@ -154,16 +155,33 @@ class TrainDataset(Dataset):
         self.recent[index, modality] = torch.tensor([first, second])
         return [keys[first], keys[second]]
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    def _fill(self, index: int, faces: np.ndarray, voices: np.ndarray) -> None:
+        """Draw and write item `index`: faces (2,3,S,S) and voices (2,T), float32 arrays."""
         rng = self.rng()
-        faces = [self.load_face(k) for k in self._draw(index, 0, self.face_keys[index])]
-        voices = [self.load_voice(k) for k in self._draw(index, 1, self.voice_keys[index])]
-        faces = to_tensor(augment_faces(faces, self.image_size, rng))
-        tiled = np.empty((2, self.samples), np.float32)
-        for row, voice in zip(tiled, voices):
-            tile_clip(voice, self.samples, out=row)
-        voices = torch.from_numpy(tiled)
-        return faces, voices, index
+        images = [self.load_face(k) for k in self._draw(index, 0, self.face_keys[index])]
+        clips = [self.load_voice(k) for k in self._draw(index, 1, self.voice_keys[index])]
+        faces[:] = np.moveaxis(augment_faces(images, self.image_size, rng), -1, -3)
+        for row, clip in zip(voices, clips):
+            tile_clip(clip, self.samples, out=row)
+
+    def _allocate(self, count: int, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.image_size
+        return (new_tensor((count, 2, 3, size, size), torch.float32, shared),
+                new_tensor((count, 2, self.samples), torch.float32, shared))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        faces, voices = self._allocate(1, shared=False)
+        self._fill(index, faces[0].numpy(), voices[0].numpy())
+        return faces[0], voices[0], index
+
+    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
+        """The items of a batch, written as consecutive rows of one batch tensor per field (in
+        shared memory in a loader worker): `collate` then hands the batch over without a copy."""
+        faces, voices = self._allocate(len(indices), shared=get_worker_info() is not None)
+        face_rows, voice_rows = faces.numpy(), voices.numpy()
+        for row, index in enumerate(indices):
+            self._fill(index, face_rows[row], voice_rows[row])
+        return [(faces[row], voices[row], index) for row, index in enumerate(indices)]
 
 
 class EvalDataset(Dataset):
@@ -188,20 +206,39 @@ class EvalDataset(Dataset):
         return key, torch.from_numpy(tile_clip(self.store.read_audio(key), self.samples))
 
 
+def new_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
+    """An uninitialised CPU tensor, in shared memory if `shared` (how a worker hands a batch over)."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    empty = torch.empty(0, dtype=dtype)
+    return empty.new(empty._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")).resize_(shape)
+
+
+def _whole(rows: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
+    """The tensor whose consecutive rows `rows` are (TrainDataset.__getitems__), else None."""
+    first = rows[0]
+    storage, step = first.untyped_storage(), first.numel()
+    if storage.nbytes() != len(rows) * step * first.element_size():
+        return None
+    if not all(r.is_contiguous() and r.untyped_storage().data_ptr() == storage.data_ptr()
+               and r.storage_offset() == n * step for n, r in enumerate(rows)):
+        return None
+    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(rows),) + tuple(first.shape))
+
+
 def collate(batch: list[tuple]) -> tuple:
-    """default_collate for these items, stacking with numpy into the (shared) batch tensor:
-    torch.stack on CPU is an order of magnitude slower for batches of 10 s clips."""
+    """default_collate for these items, without its torch.stack: rows of one batch tensor are
+    handed over as that tensor, other tensors are stacked with numpy (torch.stack on CPU is an
+    order of magnitude slower for batches of 10 s clips)."""
     fields = []
     for values in zip(*batch):
         first = values[0]
         if isinstance(first, torch.Tensor):
-            shape = (len(values),) + tuple(first.shape)
-            if get_worker_info() is not None:  # allocate in shared memory, as default_collate does
-                out = first.new(first._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")).resize_(shape)
-            else:
-                out = torch.empty(shape, dtype=first.dtype)
-            np.stack([v.numpy() for v in values], out=out.numpy())
-            fields.append(out)
+            whole = _whole(values)
+            if whole is None:
+                whole = new_tensor((len(values),) + tuple(first.shape), first.dtype, get_worker_info() is not None)
+                np.stack([v.numpy() for v in values], out=whole.numpy())
+            fields.append(whole)
         elif isinstance(first, int):
             fields.append(torch.tensor(values))
         else:

@@ -78,9 +78,19 @@ class LmdbStore:
             raise FileNotFoundError(f"LMDB store {path} not found{hint}; build it with "
                                     f"`python -m data.prepare --cfg CFG`")
         self.path = path
+        self._env, self._pid = None, None
 
     def _env_txn(self, buffers: bool = False) -> lmdb.Transaction:
-        return _environment(self.path).begin(buffers=buffers)
+        if self._env is None or self._pid != os.getpid():  # first use in this process
+            self._env, self._pid = _environment(self.path), os.getpid()
+        try:
+            return self._env.begin(buffers=buffers)
+        except lmdb.Error:  # closed: the store has been rebuilt since
+            self._env = _environment(self.path)
+            return self._env.begin(buffers=buffers)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_env": None, "_pid": None}
 
     def info(self) -> dict:
         """Build parameters and counts (store.json)."""
