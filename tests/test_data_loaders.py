@@ -113,6 +113,19 @@ def test_collate_matches_default_collate(train_set):
     assert all(torch.equal(x, y) for x, y in zip(ours, default))
 
 
+def test_batched_fetch_is_the_same_items_without_a_copy(tiny_cfg):
+    torch.manual_seed(5)
+    one_by_one = TrainDataset(tiny_cfg)
+    singles = [one_by_one[i] for i in (0, 3, 1)]
+    torch.manual_seed(5)
+    rows = TrainDataset(tiny_cfg).__getitems__([0, 3, 1])
+    for single, row in zip(singles, rows):
+        assert torch.equal(single[0], row[0]) and torch.equal(single[1], row[1]) and single[2] == row[2]
+    batch = collate(rows)
+    assert batch[1].data_ptr() == rows[0][1].data_ptr()  # the batch tensor itself, not a copy
+    assert all(torch.equal(x, y) for x, y in zip(batch, default_collate(rows)))
+
+
 def test_multi_worker_loading(tiny_cfg):
     cfg = tiny_config(os.path.dirname(tiny_cfg.dataset.meta_file), "dataset.num_workers=2")
     loader = train_loader(cfg, generator=torch.Generator().manual_seed(0))
