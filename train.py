@@ -53,6 +53,37 @@ def crop_clips(waves: torch.Tensor, generator: torch.Generator, cfg) -> torch.Te
     return waves[..., start:start + length]
 
 
+def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
+    """PairEncoder, under DDP with batch norm synchronised over the global batch when distributed."""
+    encoders = PairEncoder(model)
+    if not ctx.enabled:
+        return encoders
+    if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) each rank normalises its own rows
+        encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
+    return torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def forward_loss(encoders: torch.nn.Module, batch: tuple, equilibrium: InstanceEquilibrium, iteration: int, cfg,
+                 ctx: distributed.Context, device: torch.device, amp_dtype: torch.dtype | None = None):
+    """Loss and logged terms of one iteration on this rank's share of the global batch."""
+    faces, voices, labels = (x.to(device, non_blocking=True) for x in batch)
+    if cfg.training.channels_last and device.type == "cuda":
+        faces = faces.contiguous(memory_format=torch.channels_last)
+    # Crops are drawn from (seed, iteration): every rank cuts the same window, and a resumed run cuts
+    # the same windows as an uninterrupted one.
+    crop_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
+    voice = crop_clips(voices[:, 0], crop_rng, cfg)
+    voice_aux = crop_clips(voices[:, 1], crop_rng, cfg)
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        embeddings = encoders(faces[:, 0], faces[:, 1], voice, voice_aux)
+    # Each rank's loss is the global one and its gradient reaches every rank's rows, so DDP's average
+    # over ranks is the single-process gradient of the global batch. Every rank also sees the whole
+    # gathered batch, so the equilibrium counters and weights agree on all ranks.
+    face, face_aux, voice, voice_aux = (distributed.gather_with_grad(e.float(), ctx) for e in embeddings)
+    return total_loss(face, face_aux, voice, voice_aux, distributed.gather(labels, ctx), equilibrium, iteration,
+                      cfg.training)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -170,19 +201,16 @@ def train(cfg, resume: str | None = None) -> dict:
         set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
         log.info("resumed from %s at iteration %d", resume, start)
 
-    encoders = PairEncoder(model)
-    if ctx.enabled:
-        if use_cuda:  # batch-norm statistics over the global batch, as in one process
-            encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
-        encoders = torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if use_cuda else None)
+    encoders = wrap_encoders(model, ctx, device)
 
     sampler = IdentityBatchSampler(len(dataset), tcfg.batch_size, seed=cfg.seed, start_iteration=start,
                                    rank=ctx.rank, world_size=ctx.world_size)
     loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers,
                         pin_memory=use_cuda, persistent_workers=cfg.dataset.num_workers > 0)
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.amp]
-    amp_on = amp_dtype is not None and use_cuda
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_on and amp_dtype == torch.float16)
+    if not use_cuda:
+        amp_dtype = None  # mixed precision is a CUDA feature here; the CPU runs float32
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
 
     def checkpoint_state(iteration: int) -> dict:
@@ -191,42 +219,23 @@ def train(cfg, resume: str | None = None) -> dict:
                 "best_val": best_val, "val_history": history, "rng": gathered_rng(ctx),
                 "config": config_to_dict(cfg)}
 
+    model.train()
     last_iteration = tcfg.max_iter if tcfg.plateau_patience <= 0 else None
     bar = tqdm(total=tcfg.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
     iteration = start
     t0 = time.time()
-    for faces, voices, labels in loader:
+    for batch in loader:
         if last_iteration is not None and iteration > last_iteration:
             break
         lr = learning_rate(iteration, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        # Crops are drawn from (seed, iteration): every rank cuts the same window, and a resumed run cuts
-        # the same windows as an uninterrupted one.
-        crop_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
-        faces = faces.to(device, non_blocking=True)
-        voices = voices.to(device, non_blocking=True)
-        labels = labels.to(device, non_blocking=True)
-        if tcfg.channels_last and use_cuda:
-            faces = faces.contiguous(memory_format=torch.channels_last)
-        voice = crop_clips(voices[:, 0], crop_rng, cfg)
-        voice_aux = crop_clips(voices[:, 1], crop_rng, cfg)
-
-        encoders.train()
-        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_on):
-            embeddings = encoders(faces[:, 0], faces[:, 1], voice, voice_aux)
-        face, face_aux, voice_emb, voice_aux_emb = (
-            distributed.gather_with_grad(e.float(), ctx) for e in embeddings)
-        # Every rank sees the whole gathered batch, so the equilibrium counters and weights agree on all ranks.
-        loss, terms = total_loss(face, face_aux, voice_emb, voice_aux_emb, distributed.gather(labels, ctx),
-                                 equilibrium, iteration, tcfg)
+        loss, terms = forward_loss(encoders, batch, equilibrium, iteration, cfg, ctx, device, amp_dtype)
         check_finite({"loss": loss, **terms}, iteration)
         if writer is not None and should_refresh(iteration, tcfg):  # total_loss has just refreshed them
             writer.add_histogram("equilibrium/weights", equilibrium.identity_weights.cpu().numpy(), iteration)
 
         optimizer.zero_grad(set_to_none=True)
-        # Each rank's loss is the global one and its gradient reaches every rank's rows, so
-        # DDP's average over ranks yields the single-process gradient of the global batch.
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()

@@ -1,0 +1,73 @@
+"""Two gloo processes on the CPU train exactly like one process on the concatenated batch."""
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from losses import InstanceEquilibrium
+from models import build_model
+from train import forward_loss, wrap_encoders
+from utils import distributed
+from utils.config import load_config
+
+WORLD = 2
+ITERATION = 12  # past regauge_iter and a refresh iteration: BCR, IE weights and counters all take part
+OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
+        "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]", "training.crop_seconds=[0.5,1.0]",
+        "training.regauge_iter=10", "training.warm_up=4", "training.weight_update_iter=4", "dataset.clip_seconds=1.5"]
+
+
+def make_batch(batch_size=8, identities=20):
+    g = torch.Generator().manual_seed(5)
+    faces = torch.rand(batch_size, 2, 3, 32, 32, generator=g) * 255
+    voices = torch.randn(batch_size, 2, 24000, generator=g) * 3000
+    labels = torch.randperm(identities, generator=g)[:batch_size]
+    return faces, voices, labels
+
+
+def run(batch, cfg, ctx):
+    torch.manual_seed(0)
+    # Batch norm on its running statistics: SyncBatchNorm, which makes the training-mode statistics
+    # global too, exists on CUDA only; everything else (gather, loss, gradients, IE) is checked here.
+    model = build_model(cfg.models).eval()
+    encoders = wrap_encoders(model, ctx, torch.device("cpu"))
+    equilibrium = InstanceEquilibrium(20)
+    # counts from earlier iterations, so the refresh at ITERATION has something to weigh
+    equilibrium.accumulate(torch.arange(20), torch.arange(20) % 7, 7)
+    loss, terms = forward_loss(encoders, batch, equilibrium, ITERATION, cfg, ctx, torch.device("cpu"))
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    return {"loss": loss.detach(), "terms": terms, "grads": grads, "equilibrium": equilibrium.state_dict()}
+
+
+def worker(rank, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    ctx = distributed.setup("cpu")
+    faces, voices, labels = make_batch()
+    share = slice(rank * 4, rank * 4 + 4)
+    result = run((faces[share], voices[share], labels[share]), load_config("config/synthetic.yaml", OPTS), ctx)
+    torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    distributed.cleanup(ctx)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_process_on_the_global_batch(tmp_path):
+    mp.spawn(worker, args=(free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    single = run(make_batch(), load_config("config/synthetic.yaml", OPTS), distributed.Context())
+    for rank in range(WORLD):
+        ddp = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+        torch.testing.assert_close(ddp["loss"], single["loss"], rtol=1e-5, atol=1e-6)
+        assert single["terms"]["regauge"] > 0  # the BCR part is active
+        for name, grad in single["grads"].items():
+            torch.testing.assert_close(ddp["grads"][name], grad, rtol=1e-5, atol=1e-6, msg=name)
+        for name, buffer in single["equilibrium"].items():
+            torch.testing.assert_close(ddp["equilibrium"][name], buffer, msg=name)
