@@ -17,7 +17,7 @@ from easydict import EasyDict
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
-from data.splits import Identity, key_labels, read_split
+from data.splits import Identity, key_labels, read_split, select_keys
 
 BORDER = 127  # value of the canvas around rotated faces and of crop padding
 MAX_ANGLE = 15  # rotation angles are integers in [-15, 14]
@@ -95,9 +95,7 @@ def pick_two(count: int, recent: np.ndarray, rng: np.random.Generator) -> tuple[
 
 def group_keys(keys: list[str], identities: list[Identity]) -> list[np.ndarray]:
     """Sorted store keys of each identity (keys of other identities are ignored)."""
-    keys = np.array(sorted(keys), dtype=str)
-    names = np.array([i.vox_id for i in identities] + [i.vgg_id for i in identities], dtype=str)
-    keys = keys[np.isin(np.strings.partition(keys, "/")[0], names)] if len(keys) else keys
+    keys = np.sort(select_keys(keys, identities))
     owners = key_labels(keys, identities)
     order = np.argsort(owners, kind="stable")
     return np.split(keys[order], np.cumsum(np.bincount(owners, minlength=len(identities)))[:-1])

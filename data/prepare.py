@@ -16,12 +16,13 @@ from functools import partial
 
 import numpy as np
 from easydict import EasyDict
+from tqdm import tqdm
 
 from data.lists import check_keys, list_names, list_path, read_list, write_lists
 from data.lmdb_store import (AUDIO_STORE, FACE_STORE, SKIPPED_FILE, LmdbStore, MissingKeyError, build_store,
                              encode_audio, encode_image, store_is_current)
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
-                         split_of_ranges, split_path, write_split)
+                         select_keys, split_of_ranges, split_path, write_split)
 
 AUDIO_EXTENSIONS = (".wav",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -60,6 +61,10 @@ class _Scanner:
             self._cache[key] = scan(self.image_dir, identity.vgg_id, IMAGE_EXTENSIONS)
         return self._cache[key]
 
+    def scan_all(self, identities: list[Identity]) -> None:
+        for identity in tqdm(identities, desc="scanning identity folders", unit="id"):
+            self.voices(identity), self.faces(identity)
+
 
 def _require(path: str, key: str) -> None:
     if not path or not os.path.exists(path):
@@ -89,6 +94,7 @@ def make_splits(cfg: EasyDict, scanner: _Scanner) -> dict[str, list[Identity]]:
             split_of = split_of_ranges(meta, d.split_ranges)
         _require(d.image_data_dir, "dataset.image_data_dir")
         _require(d.audio_data_dir, "dataset.audio_data_dir")
+        scanner.scan_all([i for i in meta if i.vox_id in split_of])
         splits = assign_splits(meta, split_of, lambda i: bool(scanner.faces(i)) and bool(scanner.voices(i)))
         for split in missing:
             write_split(d.list_dir, split, splits[split])
@@ -104,6 +110,7 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
     os.makedirs(d.lmdb_dir, exist_ok=True)
     params = _store_params(cfg)
     workers = min(len(os.sched_getaffinity(0)), 8)
+    scanner.scan_all(identities)
     jobs = [
         (AUDIO_STORE, d.audio_data_dir, scanner.voices, lambda i: i.vox_id,
          partial(encode_audio, sample_rate=d.sample_rate, max_samples=params[AUDIO_STORE]["max_samples"])),
@@ -134,10 +141,9 @@ def make_lists(cfg: EasyDict, splits: dict[str, list[Identity]]) -> None:
     voice_keys, face_keys = np.array(voices.keys(), dtype=str), np.array(faces.keys(), dtype=str)
     for split in EVAL_SPLITS:
         identities = splits[split]
-        names = np.array([i.vox_id for i in identities] + [i.vgg_id for i in identities], dtype=str)
-        mine = lambda keys: keys[np.isin(np.strings.partition(keys, "/")[0], names)] if len(keys) else keys
         existing = [n for n in list_names(split, d.match_n) if os.path.exists(list_path(d.list_dir, n))]
-        written = write_lists(d.list_dir, split, identities, mine(voice_keys), mine(face_keys), d.list_seed, d.match_n)
+        written = write_lists(d.list_dir, split, identities, select_keys(voice_keys, identities),
+                              select_keys(face_keys, identities), d.list_seed, d.match_n)
         for name in existing:
             path = list_path(d.list_dir, name)
             try:

@@ -157,6 +157,13 @@ def key_labels(keys: Iterable[str], identities: list[Identity]) -> np.ndarray:
     return owners[at].astype(np.int64)
 
 
+def select_keys(keys: Iterable[str], identities: list[Identity]) -> np.ndarray:
+    """The keys that belong to one of `identities` (first path part = its vox_id or vgg_id)."""
+    keys = np.asarray(list(keys) if not isinstance(keys, np.ndarray) else keys, dtype=str)
+    names = np.array([i.vox_id for i in identities] + [i.vgg_id for i in identities], dtype=str)
+    return keys[np.isin(np.strings.partition(keys, "/")[0], names)] if len(keys) else keys
+
+
 def key_identity(key: str, identities: list[Identity]) -> Identity:
     """The identity a list key (`idNNNNN/...wav` or `Name/...jpg`) belongs to."""
     return identities[int(key_labels([key], identities)[0])]

@@ -256,8 +256,12 @@ def _syllables(p: Persona, seconds: float, rng: np.random.Generator):
     lead_in = rng.uniform(0.05, 0.3)
     ends = np.concatenate([[lead_in], lead_in + np.cumsum(np.stack([consonant, vowel, pause], 1).ravel())])
     kinds = np.concatenate([[0], np.tile([1, 2, 0], n)])
-    per_segment = lambda x: np.concatenate([x[:1], np.repeat(x, 3)])  # the lead-in borrows syllable 0's values
-    return ends, kinds, per_segment(vowel_ids), per_segment(rng.uniform(0.5, 1.0, n))
+    return ends, kinds, _per_segment(vowel_ids), _per_segment(rng.uniform(0.5, 1.0, n))
+
+
+def _per_segment(per_syllable: np.ndarray) -> np.ndarray:
+    """Syllable values for the lead-in (borrowing syllable 0's) and the 3 segments of each syllable."""
+    return np.concatenate([per_syllable[:1], np.repeat(per_syllable, 3)])
 
 
 def synthesize_clip(p: Persona, channel: dict, seconds: float, rng: np.random.Generator) -> np.ndarray:
