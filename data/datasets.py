@@ -9,6 +9,7 @@ resize only (faces) or the full tiled 10 s (voices).
 from __future__ import annotations
 
 import os
+from typing import Iterable
 
 import cv2
 import numpy as np
@@ -118,7 +119,13 @@ class _ProcessRng:
 
 
 class TrainDataset(Dataset):
-    """One item per training identity: (faces (2,3,S,S), voices (2,T), label)."""
+    """One item per training identity: (faces (2,3,S,S), voices (2,T), label).
+
+    `share_batches`: a loader worker writes each batch straight into shared memory, which only
+    pays off with `collate` (train_loader sets it); with another collate function leave it off.
+    """
+
+    share_batches = False
 
     def __init__(self, cfg: EasyDict):
         d = cfg.dataset
@@ -175,7 +182,7 @@ class TrainDataset(Dataset):
     def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
         """The items of a batch, written as consecutive rows of one batch tensor per field (in
         shared memory in a loader worker): `collate` then hands the batch over without a copy."""
-        faces, voices = self._allocate(len(indices), shared=get_worker_info() is not None)
+        faces, voices = self._allocate(len(indices), shared=self.share_batches and get_worker_info() is not None)
         face_rows, voice_rows = faces.numpy(), voices.numpy()
         for row, index in enumerate(indices):
             self._fill(index, face_rows[row], voice_rows[row])
@@ -244,12 +251,17 @@ def collate(batch: list[tuple]) -> tuple:
     return tuple(fields)
 
 
-def train_loader(cfg: EasyDict, dataset: Dataset | None = None, generator: torch.Generator | None = None) -> DataLoader:
-    """Shuffled batches of distinct identities, last partial batch dropped (as the release)."""
+def train_loader(cfg: EasyDict, dataset: Dataset | None = None, generator: torch.Generator | None = None,
+                 batch_sampler: Iterable[list[int]] | None = None) -> DataLoader:
+    """Batches of distinct identities: shuffled with the last partial batch dropped (as the
+    release), or as `batch_sampler` says. Collates with `collate` and turns on share_batches."""
+    dataset = dataset or TrainDataset(cfg)
+    dataset.share_batches = True
     workers = cfg.dataset.num_workers
-    return DataLoader(dataset or TrainDataset(cfg), batch_size=cfg.training.batch_size, shuffle=True,
-                      drop_last=True, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=torch.cuda.is_available(), generator=generator, collate_fn=collate)
+    batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
+                {"batch_size": cfg.training.batch_size, "shuffle": True, "drop_last": True, "generator": generator})
+    return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available(), collate_fn=collate, **batching)
 
 
 def eval_loader(cfg: EasyDict, keys: list[str], modality: str) -> DataLoader:

@@ -144,6 +144,11 @@ def test_multi_worker_loading(tiny_cfg):
     assert names == keys
 
 
+def test_train_loader_takes_a_batch_sampler(tiny_cfg):
+    loader = train_loader(tiny_cfg, batch_sampler=[[4, 0], [2, 3]])
+    assert [b[2].tolist() for b in loader] == [[4, 0], [2, 3]]
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_loading_repeats_under_a_seed(tiny_cfg, workers):
     cfg = tiny_config(os.path.dirname(tiny_cfg.dataset.meta_file), f"dataset.num_workers={workers}")
