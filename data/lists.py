@@ -42,7 +42,7 @@ class _Files:
     """The files of one modality grouped by identity: keys sorted, and each identity's slice."""
 
     def __init__(self, keys: Sequence[str], identities: list[Identity]):
-        keys = np.asarray(sorted(keys), dtype=str)
+        keys = np.sort(np.asarray(keys, dtype=str))
         owners = key_labels(keys, identities)
         order = np.argsort(owners, kind="stable")
         self.keys, self.owners = keys[order], owners[order]
