@@ -15,12 +15,10 @@ import time
 import numpy as np
 import torch
 from tensorboardX import SummaryWriter
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from data.datasets import TrainDataset
+from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
-from data.sampler import IdentityBatchSampler
 from losses import InstanceEquilibrium, should_refresh, total_loss
 from models import build_model
 from utils import distributed
@@ -44,15 +42,6 @@ def learning_rate(iteration: int, cfg_training) -> float:
     return cfg_training.lr * cfg_training.lr_gamma ** drops
 
 
-def crop_clips(waves: torch.Tensor, generator: torch.Generator, cfg) -> torch.Tensor:
-    """One crop length L ~ U[lo, hi) s and one start, shared by the whole batch."""
-    lo, hi = cfg.training.crop_seconds
-    rate = cfg.dataset.sample_rate
-    length = int((lo + (hi - lo) * torch.rand((), generator=generator).item()) * rate)
-    start = int(torch.randint(0, waves.shape[-1] - length + 1, (), generator=generator))
-    return waves[..., start:start + length]
-
-
 def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
     """PairEncoder, under DDP with batch norm synchronised over the global batch when distributed."""
     encoders = PairEncoder(model)
@@ -66,16 +55,13 @@ def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torc
 def forward_loss(encoders: torch.nn.Module, batch: tuple, equilibrium: InstanceEquilibrium, iteration: int, cfg,
                  ctx: distributed.Context, device: torch.device, amp_dtype: torch.dtype | None = None):
     """Loss and logged terms of one iteration on this rank's share of the global batch."""
-    faces, voices, labels = (x.to(device, non_blocking=True) for x in batch)
+    faces, voice, voice_aux = (as_float(x, device) for x in batch[:3])
+    labels = batch[3].to(device, non_blocking=True)
+    face, face_aux = faces[:, 0], faces[:, 1]
     if cfg.training.channels_last and device.type == "cuda":
-        faces = faces.contiguous(memory_format=torch.channels_last)
-    # Crops are drawn from (seed, iteration): every rank cuts the same window, and a resumed run cuts
-    # the same windows as an uninterrupted one.
-    crop_rng = torch.Generator().manual_seed(cfg.seed * 1_000_003 + iteration)
-    voice = crop_clips(voices[:, 0], crop_rng, cfg)
-    voice_aux = crop_clips(voices[:, 1], crop_rng, cfg)
+        face, face_aux = (x.contiguous(memory_format=torch.channels_last) for x in (face, face_aux))
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        embeddings = encoders(faces[:, 0], faces[:, 1], voice, voice_aux)
+        embeddings = encoders(face, face_aux, voice, voice_aux)
     # Each rank's loss is the global one and its gradient reaches every rank's rows, so DDP's average
     # over ranks is the single-process gradient of the global batch. Every rank also sees the whole
     # gathered batch, so the equilibrium counters and weights agree on all ranks.
@@ -203,10 +189,7 @@ def train(cfg, resume: str | None = None) -> dict:
 
     encoders = wrap_encoders(model, ctx, device)
 
-    sampler = IdentityBatchSampler(len(dataset), tcfg.batch_size, seed=cfg.seed, start_iteration=start,
-                                   rank=ctx.rank, world_size=ctx.world_size)
-    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.dataset.num_workers,
-                        pin_memory=use_cuda, persistent_workers=cfg.dataset.num_workers > 0)
+    loader = train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size)
     amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.amp]
     if not use_cuda:
         amp_dtype = None  # mixed precision is a CUDA feature here; the CPU runs float32

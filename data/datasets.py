@@ -1,23 +1,24 @@
 """Training and evaluation datasets over the LMDB stores, with the release's sampling and transforms.
 
 Training item = one training identity: two different face images and two different clips, drawn
-so that neither repeats the two drawn for that identity last time (state shared by all loader
-workers). Faces: resize to 112x112, one flip / rotation / crop decision for the pair, BGR 0-255
-CHW float. Clips: tiled to 10 s at int16 scale. Evaluation items are (key, tensor) with the
-resize only (faces) or the full tiled 10 s (voices).
+so that neither repeats the two drawn for that identity in the previous epoch. Faces: resize to
+112x112, one flip / rotation / crop decision for the pair, BGR 0-255 CHW. Clips: tiled to 10 s.
+Evaluation items are (key, tensor) with the resize only (faces) or the full tiled 10 s (voices).
+Tensors leave the loader as uint8 images and int16 samples; `as_float` turns them into the
+encoders' float input (0-255 BGR, int16 scale) on the device, which moves a third of the bytes.
 """
 from __future__ import annotations
 
 import os
-from typing import Iterable
 
 import cv2
 import numpy as np
 import torch
 from easydict import EasyDict
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
+from data.sampler import IdentityBatchSampler
 from data.splits import Identity, key_labels, read_split, select_keys
 
 BORDER = 127  # value of the canvas around rotated faces and of crop padding
@@ -29,21 +30,14 @@ def clip_samples(cfg: EasyDict) -> int:
     return int(round(cfg.dataset.clip_seconds * cfg.dataset.sample_rate))
 
 
-def tile_clip(clip: np.ndarray, samples: int, out: np.ndarray | None = None) -> np.ndarray:
-    """Repeat a clip until it is `samples` long and keep the first `samples` (float32, int16 scale)."""
-    out = np.empty(samples, np.float32) if out is None else out
-    filled = min(len(clip), samples)
-    out[:filled] = clip[:filled]
-    while filled < samples:  # doubling copies: a few passes whatever the clip length
-        step = min(filled, samples - filled)
-        out[filled:filled + step] = out[:step]
-        filled += step
-    return out
+def tile_clip(clip: np.ndarray, samples: int) -> np.ndarray:
+    """Repeat a clip until it is `samples` long and keep the first `samples` (dtype kept: int16)."""
+    return np.resize(clip, samples)
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
-    """(..., H, W, 3) uint8 BGR -> (..., 3, H, W) float32 BGR 0-255."""
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, -3), dtype=np.float32))
+    """(..., H, W, 3) uint8 BGR -> (..., 3, H, W) uint8 BGR (cast to float 0-255 on the device)."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(images, -1, -3)))
 
 
 def resize_face(image: np.ndarray, size: int) -> np.ndarray:
@@ -102,30 +96,15 @@ def group_keys(keys: list[str], identities: list[Identity]) -> list[np.ndarray]:
     return np.split(keys[order], np.cumsum(np.bincount(owners, minlength=len(identities)))[:-1])
 
 
-class _ProcessRng:
-    """A numpy Generator per process, seeded from torch's seed of that process (DataLoader workers
-    get base_seed + worker_id), so runs repeat under torch.manual_seed."""
-
-    def __init__(self):
-        self._rng, self._pid = None, None
-
-    def __call__(self) -> np.random.Generator:
-        if self._pid != os.getpid():
-            self._rng, self._pid = np.random.default_rng(torch.initial_seed()), os.getpid()
-        return self._rng
-
-    def __getstate__(self) -> dict:
-        return {"_rng": None, "_pid": None}
-
-
 class TrainDataset(Dataset):
-    """One item per training identity: (faces (2,3,S,S), voices (2,T), label).
+    """One item per training identity: faces (2,3,S,S) uint8 BGR, two int16 clips, the label.
 
-    `share_batches`: a loader worker writes each batch straight into shared memory, which only
-    pays off with `collate` (train_loader sets it); with another collate function leave it off.
+    Items are indexed by (identity, epoch), as IdentityBatchSampler yields them, and every random
+    draw of an item is seeded from (seed, identity, epoch): a batch is the same whichever worker,
+    rank or resumed run loads it. The two files of each modality avoid the two drawn for that
+    identity in the previous epoch (the release's rule), replayed from a per-process memo.
+    Compact dtypes keep the hand-over from workers cheap; the trainer casts to float on its device.
     """
-
-    share_batches = False
 
     def __init__(self, cfg: EasyDict):
         d = cfg.dataset
@@ -141,10 +120,8 @@ class TrainDataset(Dataset):
                                  f"re-run `python -m data.prepare` (it marks such identities `none`)")
         self.image_size = d.image_size
         self.samples = clip_samples(cfg)
-        # Last two indices drawn per identity and modality (0 faces, 1 voices), in shared memory
-        # so that every loader worker avoids what any worker drew last time.
-        self.recent = torch.full((len(self.identities), 2, 2), -1, dtype=torch.int64).share_memory_()
-        self.rng = _ProcessRng()
+        self.seed = cfg.seed
+        self._drawn: dict[int, tuple[int, np.ndarray, np.ndarray]] = {}  # identity -> (epoch, faces, voices)
 
     def __len__(self) -> int:
         return len(self.identities)
@@ -155,42 +132,36 @@ class TrainDataset(Dataset):
     def load_voice(self, key: str) -> np.ndarray:
         return self.voice_store.read_audio(key)
 
-    def _draw(self, index: int, modality: int, keys: np.ndarray) -> list[str]:
-        first, second = pick_two(len(keys), self.recent[index, modality].numpy(), self.rng())
-        self.recent[index, modality] = torch.tensor([first, second])
-        return [keys[first], keys[second]]
+    def draw(self, identity: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """Indices of the two faces and the two clips of `identity` at `epoch`."""
+        last, faces, voices = self._drawn.get(identity, (-1, np.full(2, -1), np.full(2, -1)))
+        if last > epoch:
+            last, faces, voices = -1, np.full(2, -1), np.full(2, -1)
+        while last < epoch:
+            last += 1
+            rng = np.random.default_rng([self.seed, identity, last, 0])
+            faces = np.array(pick_two(len(self.face_keys[identity]), faces, rng))
+            voices = np.array(pick_two(len(self.voice_keys[identity]), voices, rng))
+        self._drawn[identity] = (last, faces, voices)
+        return faces, voices
 
-    def _fill(self, index: int, faces: np.ndarray, voices: np.ndarray) -> None:
-        """Draw and write item `index`: faces (2,3,S,S) and voices (2,T), float32 arrays."""
-        rng = self.rng()
-        images = [self.load_face(k) for k in self._draw(index, 0, self.face_keys[index])]
-        clips = [self.load_voice(k) for k in self._draw(index, 1, self.voice_keys[index])]
-        faces[:] = np.moveaxis(augment_faces(images, self.image_size, rng), -1, -3)
-        for row, clip in zip(voices, clips):
-            tile_clip(clip, self.samples, out=row)
+    def __getitem__(self, item: tuple | int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """(faces, voice, voice_aux, identity) of item (identity, epoch, windows) or of an identity.
 
-    def _allocate(self, count: int, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        size = self.image_size
-        return (new_tensor((count, 2, 3, size, size), torch.float32, shared),
-                new_tensor((count, 2, self.samples), torch.float32, shared))
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        faces, voices = self._allocate(1, shared=False)
-        self._fill(index, faces[0].numpy(), voices[0].numpy())
-        return faces[0], voices[0], index
-
-    def __getitems__(self, indices: list[int]) -> list[tuple[torch.Tensor, torch.Tensor, int]]:
-        """The items of a batch, written as consecutive rows of one batch tensor per field (in
-        shared memory in a loader worker): `collate` then hands the batch over without a copy."""
-        faces, voices = self._allocate(len(indices), shared=self.share_batches and get_worker_info() is not None)
-        face_rows, voice_rows = faces.numpy(), voices.numpy()
-        for row, index in enumerate(indices):
-            self._fill(index, face_rows[row], voice_rows[row])
-        return [(faces[row], voices[row], index) for row, index in enumerate(indices)]
+        Each clip is tiled to 10 s and cut to its window (start, length); a bare identity index
+        means epoch 0 and the whole 10 s.
+        """
+        identity, epoch, windows = item if isinstance(item, tuple) else (item, 0, ((0, self.samples),) * 2)
+        faces, voices = self.draw(identity, epoch)
+        images = [self.load_face(k) for k in self.face_keys[identity][faces]]
+        rng = np.random.default_rng([self.seed, identity, epoch, 1])
+        clips = [torch.from_numpy(tile_clip(self.load_voice(k), self.samples)[start:start + length])
+                 for k, (start, length) in zip(self.voice_keys[identity][voices], windows)]
+        return to_tensor(augment_faces(images, self.image_size, rng)), clips[0], clips[1], identity
 
 
 class EvalDataset(Dataset):
-    """(key, tensor) for each key: faces (3,S,S) resized only, voices (T,) tiled to 10 s."""
+    """(key, tensor) for each key: faces (3,S,S) uint8 resized only, voices (T,) int16 tiled to 10 s."""
 
     def __init__(self, cfg: EasyDict, keys: list[str], modality: str):
         if modality not in ("face", "voice"):
@@ -211,61 +182,27 @@ class EvalDataset(Dataset):
         return key, torch.from_numpy(tile_clip(self.store.read_audio(key), self.samples))
 
 
-def new_tensor(shape: tuple[int, ...], dtype: torch.dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised CPU tensor, in shared memory if `shared` (how a worker hands a batch over)."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    empty = torch.empty(0, dtype=dtype)
-    return empty.new(empty._typed_storage()._new_shared(int(np.prod(shape)), device="cpu")).resize_(shape)
+def as_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader tensor (uint8 images / int16 clips) on `device` as float32 at the same scale."""
+    return batch.to(device, non_blocking=True).float()
 
 
-def _whole(rows: tuple[torch.Tensor, ...]) -> torch.Tensor | None:
-    """The tensor whose consecutive rows `rows` are (TrainDataset.__getitems__), else None."""
-    first = rows[0]
-    storage, step = first.untyped_storage(), first.numel()
-    if storage.nbytes() != len(rows) * step * first.element_size():
-        return None
-    if not all(r.is_contiguous() and r.untyped_storage().data_ptr() == storage.data_ptr()
-               and r.storage_offset() == n * step for n, r in enumerate(rows)):
-        return None
-    return torch.empty(0, dtype=first.dtype).set_(storage, 0, (len(rows),) + tuple(first.shape))
-
-
-def collate(batch: list[tuple]) -> tuple:
-    """default_collate for these items, without its torch.stack: rows of one batch tensor are
-    handed over as that tensor, other tensors are stacked with numpy (torch.stack on CPU is an
-    order of magnitude slower for batches of 10 s clips)."""
-    fields = []
-    for values in zip(*batch):
-        first = values[0]
-        if isinstance(first, torch.Tensor):
-            whole = _whole(values)
-            if whole is None:
-                whole = new_tensor((len(values),) + tuple(first.shape), first.dtype, get_worker_info() is not None)
-                np.stack([v.numpy() for v in values], out=whole.numpy())
-            fields.append(whole)
-        elif isinstance(first, int):
-            fields.append(torch.tensor(values))
-        else:
-            fields.append(list(values))
-    return tuple(fields)
-
-
-def train_loader(cfg: EasyDict, dataset: Dataset | None = None, generator: torch.Generator | None = None,
-                 batch_sampler: Iterable[list[int]] | None = None) -> DataLoader:
-    """Batches of distinct identities: shuffled with the last partial batch dropped (as the
-    release), or as `batch_sampler` says. Collates with `collate` and turns on share_batches."""
+def train_loader(cfg: EasyDict, dataset: TrainDataset | None = None, start_iteration: int = 1, rank: int = 0,
+                 world_size: int = 1) -> DataLoader:
+    """Endless batches (faces, voice, voice_aux, labels) for iterations start_iteration, start_iteration + 1, ..."""
     dataset = dataset or TrainDataset(cfg)
-    dataset.share_batches = True
+    rate = cfg.dataset.sample_rate
+    crop = tuple(int(seconds * rate) for seconds in cfg.training.crop_seconds)
+    sampler = IdentityBatchSampler(len(dataset), cfg.training.batch_size, crop_samples=crop,
+                                   clip_samples=dataset.samples, seed=cfg.seed, start_iteration=start_iteration,
+                                   rank=rank, world_size=world_size)
     workers = cfg.dataset.num_workers
-    batching = ({"batch_sampler": batch_sampler} if batch_sampler is not None else
-                {"batch_size": cfg.training.batch_size, "shuffle": True, "drop_last": True, "generator": generator})
-    return DataLoader(dataset, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=torch.cuda.is_available(), collate_fn=collate, **batching)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                      pin_memory=torch.cuda.is_available())
 
 
 def eval_loader(cfg: EasyDict, keys: list[str], modality: str) -> DataLoader:
     """Batches of (keys, tensors) in key order for embedding extraction."""
     workers = cfg.dataset.num_workers
     return DataLoader(EvalDataset(cfg, keys, modality), batch_size=cfg.testing.batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=collate)
+                      num_workers=workers, pin_memory=torch.cuda.is_available())

@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader
 
-from data.datasets import (BORDER, EvalDataset, TrainDataset, augment_faces, collate, crop_at, pick_two,
+from data.datasets import (BORDER, EvalDataset, TrainDataset, as_float, augment_faces, crop_at, pick_two,
                            rotate_expanded, tile_clip, train_loader)
 from data.lists import list_path, read_list
 from data.lmdb_store import MissingKeyError
@@ -22,21 +22,24 @@ def train_set(tiny_cfg):
 
 
 def test_training_item(train_set):
-    faces, voices, label = train_set[2]
-    assert faces.shape == (2, 3, 112, 112) and faces.dtype == torch.float32
-    assert voices.shape == (2, T) and voices.dtype == torch.float32
+    faces, voice, voice_aux, label = train_set[2]
+    voices = torch.stack([voice, voice_aux])
+    assert faces.shape == (2, 3, 112, 112) and faces.dtype == torch.uint8
+    assert voices.shape == (2, T) and voices.dtype == torch.int16
     assert label == 2 and len(train_set) == 5  # id00012..id00016
-    assert 0 <= faces.min() and faces.max() <= 255 and torch.equal(faces, faces.round())
     clips = [train_set.voice_store.read_audio(k) for k in train_set.voice_keys[2]]
     for row in voices.numpy():  # each row is one of the identity's clips, tiled to 10 s
-        assert any(np.array_equal(row, np.resize(c, T).astype(np.float32)) for c in clips)
+        assert any(np.array_equal(row, np.resize(c, T)) for c in clips)
+    as_input = as_float(voices, torch.device("cpu"))  # the encoders' input: float at int16 scale
+    assert as_input.dtype == torch.float32 and torch.equal(as_input, voices.double().float())
+    assert as_float(faces, torch.device("cpu")).max() <= 255
 
 
 def test_faces_are_bgr_of_the_stored_image(tiny_cfg):
     key = read_list(list_path(tiny_cfg.dataset.list_dir, "reterival_f2v_test"))[0][0]
     _, face = EvalDataset(tiny_cfg, [key], "face")[0]
     stored = EvalDataset(tiny_cfg, [key], "face").store.read_image(key)
-    assert face.shape == (3, 112, 112) and torch.equal(face, torch.from_numpy(stored).permute(2, 0, 1).float())
+    assert face.shape == (3, 112, 112) and torch.equal(face, torch.from_numpy(stored).permute(2, 0, 1))
     path = os.path.join(tiny_cfg.dataset.image_data_dir, key)
     original = cv2.resize(cv2.imread(path), (112, 112), interpolation=cv2.INTER_LINEAR)
     assert np.abs(original.astype(int) - stored).mean() < 4  # BGR order, re-encoded at quality 95
@@ -48,7 +51,7 @@ def test_eval_voice_is_full_tiled_clip(tiny_cfg):
     name, voice = dataset[0]
     clip = dataset.store.read_audio(key)
     assert name == key and voice.shape == (T,) and len(clip) < T
-    assert torch.equal(voice[: len(clip)], torch.from_numpy(clip.astype(np.float32)))
+    assert voice.dtype == torch.int16 and torch.equal(voice[: len(clip)], torch.from_numpy(clip))
     assert torch.equal(voice[len(clip): 2 * len(clip)], voice[: len(clip)])
 
 
@@ -59,7 +62,7 @@ def test_missing_key_fails_with_its_name(tiny_cfg):
 
 def test_tile_clip():
     clip = np.arange(7, dtype=np.int16)
-    assert np.array_equal(tile_clip(clip, 30), np.resize(clip, 30).astype(np.float32))
+    assert np.array_equal(tile_clip(clip, 30), np.concatenate([clip] * 5)[:30]) and tile_clip(clip, 30).dtype == np.int16
     assert np.array_equal(tile_clip(np.arange(50, dtype=np.int16), 30), np.arange(30))
 
 
@@ -75,11 +78,15 @@ def test_pick_two_avoids_the_last_draws():
     assert pick_two(1, np.array([-1, -1]), rng) == (0, 0)
 
 
-def test_consecutive_items_avoid_previous_files(train_set):
-    keys = np.array([f"x/{k}.jpg" for k in range(6)])
-    first = set(train_set._draw(0, 0, keys))
-    second = set(train_set._draw(0, 0, keys))
-    assert len(first) == 2 and len(second) == 2 and not first & second
+def test_consecutive_epochs_avoid_previous_files(tiny_cfg):
+    dataset = TrainDataset(tiny_cfg)
+    identity = int(np.argmax([len(k) for k in dataset.voice_keys]))
+    assert len(dataset.voice_keys[identity]) >= 4
+    draws = [dataset.draw(identity, epoch) for epoch in range(6)]
+    for (faces, voices), (next_faces, next_voices) in zip(draws, draws[1:]):
+        assert voices[0] != voices[1] and not set(voices) & set(next_voices)
+    # a pure function of (seed, identity, epoch): a fresh process (no memo) draws the same
+    assert all(np.array_equal(a, b) for a, b in zip(TrainDataset(tiny_cfg).draw(identity, 4), draws[4]))
 
 
 def test_rotation_canvas_and_crop():
@@ -107,55 +114,37 @@ def test_augmentation_shares_one_decision_for_the_pair():
     assert 0.4 < np.mean(bordered) < 0.55  # rotated in half the items (angle 0 leaves no border)
 
 
-def test_collate_matches_default_collate(train_set):
-    batch = [train_set[i] for i in range(3)]
-    ours, default = collate(batch), default_collate(batch)
-    assert all(torch.equal(x, y) for x, y in zip(ours, default))
+def first_batches(cfg, count=2, **kwargs):
+    loader = iter(train_loader(cfg, **kwargs))
+    return [next(loader) for _ in range(count)]
 
 
-def test_batched_fetch_is_the_same_items_without_a_copy(tiny_cfg):
-    torch.manual_seed(5)
-    one_by_one = TrainDataset(tiny_cfg)
-    singles = [one_by_one[i] for i in (0, 3, 1)]
-    torch.manual_seed(5)
-    rows = TrainDataset(tiny_cfg).__getitems__([0, 3, 1])
-    for single, row in zip(singles, rows):
-        assert torch.equal(single[0], row[0]) and torch.equal(single[1], row[1]) and single[2] == row[2]
-    batch = collate(rows)
-    assert batch[1].data_ptr() == rows[0][1].data_ptr()  # the batch tensor itself, not a copy
-    assert all(torch.equal(x, y) for x, y in zip(batch, default_collate(rows)))
-
-
-def test_multi_worker_loading(tiny_cfg):
+def test_multi_worker_loading_gives_the_same_batches(tiny_cfg):
     cfg = tiny_config(os.path.dirname(tiny_cfg.dataset.meta_file), "dataset.num_workers=2")
-    loader = train_loader(cfg, generator=torch.Generator().manual_seed(0))
-    dataset = loader.dataset
-    batches = list(loader)
-    assert len(batches) == 1  # 5 identities in batches of 4, the last partial batch dropped
-    faces, voices, labels = batches[0]
-    assert faces.shape == (4, 2, 3, 112, 112) and voices.shape == (4, 2, T)
-    seen = labels.tolist()
-    assert len(set(seen)) == 4
-    assert (dataset.recent[seen] >= 0).all()  # workers' draws are visible in the shared state
-    assert (dataset.recent[[i for i in range(5) if i not in seen]] == -1).all()
+    batches = first_batches(cfg)
+    for faces, voice, voice_aux, labels in batches:  # 5 identities in batches of 4: one batch per epoch
+        assert faces.shape == (4, 2, 3, 112, 112) and len(set(labels.tolist())) == 4
+        assert voice.shape[0] == voice_aux.shape[0] == 4 and 2.5 * 16000 <= voice.shape[1] < 5 * 16000
+        assert voice.shape[1] != voice_aux.shape[1]
+    single = first_batches(tiny_cfg)
+    assert all(torch.equal(x, y) for a, b in zip(batches, single) for x, y in zip(a, b))
     keys = read_list(list_path(cfg.dataset.list_dir, "reterival_v2f_test"))[0].tolist()
-    eval_loader = DataLoader(EvalDataset(cfg, keys, "voice"), batch_size=4, num_workers=2, collate_fn=collate)
+    eval_loader = DataLoader(EvalDataset(cfg, keys, "voice"), batch_size=4, num_workers=2)
     names = [n for batch_names, _ in eval_loader for n in batch_names]
     assert names == keys
 
 
-def test_train_loader_takes_a_batch_sampler(tiny_cfg):
-    loader = train_loader(tiny_cfg, batch_sampler=[[4, 0], [2, 3]])
-    assert [b[2].tolist() for b in loader] == [[4, 0], [2, 3]]
+def test_a_resumed_loader_continues_the_same_stream(tiny_cfg):
+    full = first_batches(tiny_cfg, 3)
+    resumed = first_batches(tiny_cfg, 2, start_iteration=2)
+    assert all(torch.equal(x, y) for a, b in zip(full[1:], resumed) for x, y in zip(a, b))
+    other_rank = first_batches(tiny_cfg, 1, rank=1, world_size=2)[0]
+    assert torch.equal(other_rank[3], full[0][3][2:])
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_loading_repeats_under_a_seed(tiny_cfg, workers):
-    cfg = tiny_config(os.path.dirname(tiny_cfg.dataset.meta_file), f"dataset.num_workers={workers}")
-
-    def first_batch():
-        torch.manual_seed(3)
-        return next(iter(train_loader(cfg)))
-
-    a, b = first_batch(), first_batch()
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+def test_training_clips_are_the_windows_of_the_tiled_clips(train_set):
+    window, window_aux = (3000, 50000), (150000, 40000)  # the second one wraps around the tiling
+    whole = train_set[(1, 3, ((0, T), (0, T)))]
+    cut = train_set[(1, 3, (window, window_aux))]
+    assert torch.equal(cut[0], whole[0]) and cut[3] == whole[3] == 1
+    assert torch.equal(cut[1], whole[1][3000:53000]) and torch.equal(cut[2], whole[2][150000:])

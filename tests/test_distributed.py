@@ -15,16 +15,17 @@ from utils.config import load_config
 WORLD = 2
 ITERATION = 12  # past regauge_iter and a refresh iteration: BCR, IE weights and counters all take part
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
-        "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]", "training.crop_seconds=[0.5,1.0]",
-        "training.regauge_iter=10", "training.warm_up=4", "training.weight_update_iter=4", "dataset.clip_seconds=1.5"]
+        "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]",
+        "training.regauge_iter=10", "training.warm_up=4", "training.weight_update_iter=4"]
 
 
 def make_batch(batch_size=8, identities=20):
     g = torch.Generator().manual_seed(5)
     faces = torch.rand(batch_size, 2, 3, 32, 32, generator=g) * 255
-    voices = torch.randn(batch_size, 2, 24000, generator=g) * 3000
+    voice = torch.randn(batch_size, 12000, generator=g) * 3000
+    voice_aux = torch.randn(batch_size, 9000, generator=g) * 3000
     labels = torch.randperm(identities, generator=g)[:batch_size]
-    return faces, voices, labels
+    return faces, voice, voice_aux, labels
 
 
 def run(batch, cfg, ctx):
@@ -47,9 +48,8 @@ def worker(rank, port, out_dir):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     ctx = distributed.setup("cpu")
-    faces, voices, labels = make_batch()
     share = slice(rank * 4, rank * 4 + 4)
-    result = run((faces[share], voices[share], labels[share]), load_config("config/synthetic.yaml", OPTS), ctx)
+    result = run(tuple(x[share] for x in make_batch()), load_config("config/synthetic.yaml", OPTS), ctx)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     distributed.cleanup(ctx)
 

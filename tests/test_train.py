@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from utils.config import load_config
-from train import NonFiniteLoss, check_finite, crop_clips, learning_rate, plateaued
+from train import NonFiniteLoss, check_finite, learning_rate, plateaued
 from losses import should_refresh
 
 
@@ -26,21 +26,6 @@ def test_equilibrium_refreshes_every_interval_after_warm_up(released):
     refreshes = [it for it in range(1, 12000) if should_refresh(it, t)]
     assert refreshes[0] == 6440  # warm-up 6440 is itself a multiple of 920 (7 × 920)
     assert all(b - a == 920 for a, b in zip(refreshes, refreshes[1:]))
-
-
-def test_crop_is_shared_by_the_batch_and_within_range(released):
-    waves = torch.arange(160000, dtype=torch.float32).repeat(4, 1)
-    lengths = set()
-    for seed in range(20):
-        crop = crop_clips(waves, torch.Generator().manual_seed(seed), released)
-        assert torch.equal(crop, crop[:1].expand_as(crop))  # one window for every row
-        assert 2.5 * 16000 <= crop.shape[1] < 5 * 16000
-        assert crop[0, 1] - crop[0, 0] == 1  # a contiguous window
-        lengths.add(crop.shape[1])
-    assert len(lengths) > 10
-    a = crop_clips(waves, torch.Generator().manual_seed(3), released)
-    b = crop_clips(waves, torch.Generator().manual_seed(3), released)
-    assert torch.equal(a, b)
 
 
 def test_plateau_rule():

@@ -6,7 +6,7 @@ import torch
 from easydict import EasyDict
 from tqdm import tqdm
 
-from data.datasets import eval_loader
+from data.datasets import as_float, eval_loader
 from data.lists import list_path
 from utils import metrics
 
@@ -22,7 +22,7 @@ def embed(model: torch.nn.Module, cfg: EasyDict, keys: list[str], modality: str,
     loader = eval_loader(cfg, keys, modality)
     for batch_keys, inputs in tqdm(loader, desc=f"embedding {len(keys)} {modality} files", unit="batch",
                                    disable=not progress, leave=False):
-        out.append(encode(inputs.to(device, non_blocking=True)).float().cpu())
+        out.append(encode(as_float(inputs, device)).float().cpu())
         seen.extend(batch_keys)
     if seen != keys:
         raise RuntimeError("EvalDataset returned the files in another order than asked")
