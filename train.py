@@ -82,7 +82,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream, as tensors and plain values (checkpoints load with weights_only)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
+                   "has_gauss": has_gauss, "gauss": gauss}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -90,7 +94,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["gauss"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -141,7 +146,7 @@ def plateaued(history: list[float], patience: int) -> bool:
 def train(cfg, resume: str | None = None) -> dict:
     """Run training as the config says; returns the final training state summary."""
     ctx = distributed.setup("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
-    device = device_of(cfg.device, ctx)
+    device = distributed.device_of(cfg.device, ctx)
     folder = run_dir(cfg)
     if ctx.is_main:
         os.makedirs(folder, exist_ok=True)
@@ -226,9 +231,9 @@ def train(cfg, resume: str | None = None) -> dict:
         if ctx.is_main and (iteration % tcfg.log_iter == 0 or iteration == start):
             for name, value in terms.items():
                 writer.add_scalar(f"loss/{name}", float(value), iteration)
-            writer.add_scalar("loss/total", float(loss), iteration)
+            writer.add_scalar("loss/total", float(loss.detach()), iteration)
             writer.add_scalar("lr", lr, iteration)
-            bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.0e}")
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.0e}")
 
         reached_end = last_iteration is not None and iteration == last_iteration
         if iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0 or reached_end:

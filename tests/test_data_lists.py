@@ -9,7 +9,7 @@ from data.lists import check_keys, list_names, list_path, make_list, read_list
 from data.lmdb_store import MissingKeyError
 from data.prepare import prepare
 from data.splits import Identity, key_labels
-from test_data_fixtures import tiny_cfg, tiny_config  # noqa: F401 (fixture)
+from helpers import tiny_config
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "metric_case")
 

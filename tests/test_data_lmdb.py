@@ -12,7 +12,7 @@ from data.lmdb_store import (AUDIO_STORE, BadInput, LmdbStore, MissingKeyError, 
                              encode_image)
 from data.prepare import make_stores, _Scanner
 from data.splits import read_split, write_split
-from test_data_fixtures import tiny_config, tiny_root  # noqa: F401 (fixture)
+from helpers import tiny_config
 
 RATE, MAX = 16000, 160000
 AUDIO_PARAMS = {"kind": "audio", "sample_rate": RATE, "max_samples": MAX}

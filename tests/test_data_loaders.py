@@ -11,7 +11,7 @@ from data.datasets import (BORDER, EvalDataset, TrainDataset, as_float, augment_
                            rotate_expanded, tile_clip, train_loader)
 from data.lists import list_path, read_list
 from data.lmdb_store import MissingKeyError
-from test_data_fixtures import tiny_cfg, tiny_config  # noqa: F401 (fixture)
+from helpers import tiny_config
 
 T = 160000
 

@@ -8,7 +8,7 @@ import pytest
 from data.prepare import make_splits, prepare, _Scanner
 from data.splits import (SPLIT_HEADER, Identity, assign_splits, key_identity, key_labels, natural_key, read_meta,
                          read_split, read_split_file, split_of_ranges, split_path, write_split)
-from test_data_fixtures import tiny_config, tiny_root  # noqa: F401 (fixture)
+from helpers import tiny_config
 from utils.config import DEFAULTS
 
 

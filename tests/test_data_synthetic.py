@@ -9,7 +9,7 @@ import soundfile
 
 from data import synthetic
 from data.splits import read_meta, split_of_ranges
-from test_data_fixtures import TINY_IDENTITIES, tiny_root  # noqa: F401 (fixture)
+from helpers import TINY_IDENTITIES
 from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,7 +6,7 @@ import torch
 from easydict import EasyDict
 from scipy.stats import norm
 
-from conftest import DATA, ROOT
+from helpers import DATA, ROOT
 from losses import InstanceEquilibrium, bidirectional_terms, nonzero_mean, pair_terms, should_refresh, total_loss
 from utils.config import load_config
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from conftest import DATA
+from helpers import DATA
 from utils import metrics
 
 CASE = os.path.join(DATA, "metric_case")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from easydict import EasyDict
 
-from conftest import ROOT
+from helpers import ROOT
 from models import build_model
 from models.face import FaceEncoder
 from utils.config import load_config

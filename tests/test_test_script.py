@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DATA, ROOT
+from helpers import DATA, ROOT
 from utils import metrics
 from utils.config import load_config
 

@@ -2,8 +2,7 @@
 
 Our format is `{'format': 'aasm', 'iteration', 'model', 'equilibrium', 'optimizer', 'best_val', 'rng',
 'config'}`, with `model`/`equilibrium` the modules' own state_dicts. Files are read with
-`torch.load(weights_only=True)`: tensors, numbers, strings, lists, tuples, dicts, and (allowlisted)
-numpy arrays of plain numbers, such as numpy's RNG state.
+`torch.load(weights_only=True)`: tensors, numbers, strings, lists, tuples and dicts only.
 
 The release stores `{'start_it', 'stage', 'state_dict', 'optimizer'}`; its state_dict names the face
 network `vNet`, the voice network `aNet`, the input normalisation `normalize` and the equilibrium `eqm`.
@@ -20,7 +19,6 @@ import re
 import tempfile
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -29,10 +27,6 @@ from models.face import InputNormalization
 log = logging.getLogger(__name__)
 
 OWN_FORMAT = "aasm"
-
-# What unpickling a numeric numpy array needs: data, not code, so weights_only may allow it.
-NUMPY_ARRAYS = [np.ndarray, np.dtype, np.ndarray(0).__reduce__()[0],
-                *{type(np.dtype(code)) for code in "?bBhHiIlLqQefdFD"}]
 
 # (pattern matched at the start of a key, replacement): the first match renames the key.
 Rule = tuple[str, str]
@@ -159,8 +153,7 @@ def _read(path: str, config_key: str | None = None) -> dict:
     if not os.path.isfile(path):
         where = f"{config_key}: " if config_key else ""
         raise FileNotFoundError(f"{where}checkpoint file not found: {path}")
-    with torch.serialization.safe_globals(NUMPY_ARRAYS):
-        return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _load_released(model: nn.Module, state_dict: dict[str, torch.Tensor], equilibrium: nn.Module | None,

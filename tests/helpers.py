@@ -1,0 +1,23 @@
+"""Paths of the test data and the config of the tiny synthetic corpus the tests build (conftest.py)."""
+import os
+
+from utils.config import load_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data")  # reference values, copied from the release's outputs
+
+TINY_IDENTITIES = 16
+# id00001 has no face folder (the corpus' faceless rule at this size), so val has 5 usable
+# identities; each split has at least two identities of each gender (for the `g` lists).
+TINY_RANGES = ["dataset.split_ranges.val=[id00001, id00006]", "dataset.split_ranges.test=[id00007, id00011]",
+               "dataset.split_ranges.train=[id00012, id00016]"]
+
+
+def tiny_config(root: str, *extra: str):
+    """The synthetic config pointed at a corpus under `root`, with the tiny corpus' split ranges."""
+    opts = [f"dataset.audio_data_dir={root}/wav", f"dataset.image_data_dir={root}/VGG_ALL_FRONTAL",
+            f"dataset.meta_file={root}/vox1_meta.csv", f"dataset.list_dir={root}/lists",
+            f"dataset.lmdb_dir={root}/lmdb", f"dataset.synthetic.root={root}",
+            f"dataset.synthetic.identities={TINY_IDENTITIES}", "dataset.num_workers=0",
+            "training.batch_size=4", *TINY_RANGES, *extra]
+    return load_config(os.path.join(ROOT, "config", "synthetic.yaml"), opts)
