@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score
+from sklearn.metrics import average_precision_score
 
 from helpers import DATA
 from utils import metrics
@@ -61,7 +61,6 @@ def test_auc_and_eer_with_ties_match_definitions():
     rng = np.random.default_rng(0)
     scores = rng.integers(0, 7, 500).astype(np.float32) / 4  # many ties
     labels = rng.random(500) < 0.3 + 0.1 * scores
-    assert metrics.roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
     positives, negatives = scores[labels], scores[~labels]
     pairwise = (positives[:, None] > negatives).mean() + 0.5 * (positives[:, None] == negatives).mean()
     assert metrics.roc_auc(scores, labels) == pytest.approx(pairwise, abs=1e-12)

@@ -14,6 +14,7 @@ from typing import Mapping
 
 import numpy as np
 import torch
+from sklearn import metrics as sklearn_metrics
 
 
 class ListError(ValueError):
@@ -118,25 +119,16 @@ def matching_correct(scores: np.ndarray) -> np.ndarray:
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) at every distinct score, descending, starting from (0, 0)."""
-    values, inverse = np.unique(scores, return_inverse=True)
-    positives = np.bincount(inverse, weights=labels, minlength=len(values))[::-1]
-    totals = np.bincount(inverse, minlength=len(values))[::-1]
-    tps = np.concatenate([[0.0], np.cumsum(positives)])
-    fps = np.concatenate([[0.0], np.cumsum(totals - positives)])
-    return fps / fps[-1], tps / tps[-1], np.concatenate([[np.inf], values[::-1]])
+    return sklearn_metrics.roc_curve(np.asarray(labels, dtype=bool), scores, drop_intermediate=False)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """AUC = P(s⁺ > s⁻) + ½ P(s⁺ = s⁻), from average ranks (Mann-Whitney U)."""
+    """Area under the ROC curve of the scores against same-identity labels (ties count ½)."""
     labels = np.asarray(labels, dtype=bool)
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         raise ValueError(f"AUC needs both same- and different-identity pairs, got {positives} and {negatives}")
-    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
-    ends = np.cumsum(counts)
-    average_rank = ends - (counts - 1) / 2.0  # 1-based rank, ties share their mean rank
-    rank_sum = average_rank[inverse][labels].sum()
-    return float((rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives))
+    return float(sklearn_metrics.roc_auc_score(labels, scores))
 
 
 def equal_error_rate(scores: np.ndarray, labels: np.ndarray) -> float:
