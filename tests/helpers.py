@@ -19,5 +19,5 @@ def tiny_config(root: str, *extra: str):
             f"dataset.meta_file={root}/vox1_meta.csv", f"dataset.list_dir={root}/lists",
             f"dataset.lmdb_dir={root}/lmdb", f"dataset.synthetic.root={root}",
             f"dataset.synthetic.identities={TINY_IDENTITIES}", "dataset.num_workers=0",
-            "training.batch_size=4", *TINY_RANGES, *extra]
+            "dataset.image_size=112", "dataset.store_image_size=112", "training.batch_size=4", *TINY_RANGES, *extra]
     return load_config(os.path.join(ROOT, "config", "synthetic.yaml"), opts)
