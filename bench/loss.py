@@ -116,7 +116,7 @@ def main() -> None:
     cfg = load_config(args.cfg).training
     # BCR and IE active, and no weight refresh inside the timed calls.
     iteration = cfg.regauge_iter + int(should_refresh(cfg.regauge_iter, cfg))
-    print(f"B     loop (s)   vectorised, BCR detached (s)   ratio   vectorised, BCR gradient (s)   ratio")
+    print("B     loop (s)   vectorised, BCR detached (s)   ratio   vectorised, BCR gradient (s)   ratio")
     for size in args.sizes:
         generator = torch.Generator().manual_seed(size)
         inputs = embeddings(size, 128, generator)

@@ -162,8 +162,3 @@ def select_keys(keys: Iterable[str], identities: list[Identity]) -> np.ndarray:
     keys = np.asarray(list(keys) if not isinstance(keys, np.ndarray) else keys, dtype=str)
     names = np.array([i.vox_id for i in identities] + [i.vgg_id for i in identities], dtype=str)
     return keys[np.isin(np.strings.partition(keys, "/")[0], names)] if len(keys) else keys
-
-
-def key_identity(key: str, identities: list[Identity]) -> Identity:
-    """The identity a list key (`idNNNNN/...wav` or `Name/...jpg`) belongs to."""
-    return identities[int(key_labels([key], identities)[0])]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from data.prepare import make_splits, prepare, _Scanner
-from data.splits import (SPLIT_HEADER, Identity, assign_splits, key_identity, key_labels, natural_key, read_meta,
+from data.splits import (SPLIT_HEADER, Identity, assign_splits, key_labels, natural_key, read_meta,
                          read_split, read_split_file, split_of_ranges, split_path, write_split)
 from helpers import tiny_config
 from utils.config import DEFAULTS
@@ -95,6 +95,6 @@ def test_keys_resolve_to_identities():
     ids = [Identity("id00002", "Bea_Lo", "f", "X", "dev"), Identity("id00001", "Al_Po", "m", "Y", "dev")]
     labels = key_labels(["id00001/vid/00001.wav", "Bea_Lo/00000001.jpg", "Al_Po/00000003.jpg"], ids)
     assert labels.tolist() == [1, 0, 1] and labels.dtype == np.int64
-    assert key_identity("Bea_Lo/00000002.jpg", ids).vox_id == "id00002"
+    assert ids[int(key_labels(["Bea_Lo/00000002.jpg"], ids)[0])].vox_id == "id00002"
     with pytest.raises(KeyError, match="Zed/1.jpg"):
         key_labels(["Al_Po/1.jpg", "Zed/1.jpg"], ids)

@@ -60,12 +60,6 @@ def gather_with_grad(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     return torch.cat(dist_fn.all_gather(x), dim=0)
 
 
-def all_reduce_sum_(x: torch.Tensor, ctx: Context) -> torch.Tensor:
-    if ctx.enabled:
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
-
-
 def broadcast_object(obj, ctx: Context):
     """Rank 0's value of a picklable object on every rank."""
     if not ctx.enabled:
