@@ -145,7 +145,7 @@ def plateaued(history: list[float], patience: int) -> bool:
 
 def train(cfg, resume: str | None = None) -> dict:
     """Run training as the config says; returns the final training state summary."""
-    ctx = distributed.setup("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    ctx = distributed.setup(distributed.device_of(cfg.device).type)
     device = distributed.device_of(cfg.device, ctx)
     folder = run_dir(cfg)
     if ctx.is_main:
@@ -177,6 +177,11 @@ def train(cfg, resume: str | None = None) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
                                 weight_decay=tcfg.weight_decay)
 
+    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.amp]
+    if not use_cuda:
+        amp_dtype = None  # mixed precision is a CUDA feature here; the CPU runs float32
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
     start, best_val, history = 1, -1.0, []
     resume = resume or tcfg.resume
     if resume == "auto":
@@ -188,6 +193,8 @@ def train(cfg, resume: str | None = None) -> dict:
         if state.get("format") != "aasm":
             raise ValueError(f"{resume}: only checkpoints written by train.py can be resumed")
         optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"]:  # empty when the run that saved it had no fp16 scaler
+            scaler.load_state_dict(state["scaler"])
         start, best_val, history = state["iteration"] + 1, state["best_val"], state["val_history"]
         set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
         log.info("resumed from %s at iteration %d", resume, start)
@@ -195,15 +202,12 @@ def train(cfg, resume: str | None = None) -> dict:
     encoders = wrap_encoders(model, ctx, device)
 
     loader = train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size)
-    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.amp]
-    if not use_cuda:
-        amp_dtype = None  # mixed precision is a CUDA feature here; the CPU runs float32
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
 
     def checkpoint_state(iteration: int) -> dict:
         return {"format": "aasm", "iteration": iteration, "model": model.state_dict(),
                 "equilibrium": equilibrium.state_dict(), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
                 "best_val": best_val, "val_history": history, "rng": gathered_rng(ctx),
                 "config": config_to_dict(cfg)}
 
