@@ -1,29 +1,70 @@
-"""AaSM (Archetype-agnostic Subspace Merging): an in-batch, sample-to-sample softmax with no class centres."""
+"""AaSM (Archetype-agnostic Subspace Merging): an in-batch, sample-to-sample softmax with no class centres.
+
+Rows of a cosine matrix are anchors. A direction whose anchors index the columns of a matrix is passed
+as its transposed view; every operation here works on views, so no transpose is ever copied.
+"""
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 
 # The constant c in log(c + Σ_{j≠i} exp(·)): the release's 1 + exp(0) + 3.4 and 2 + exp(0) + 3.
 CROSS_MODAL_OFFSET = 5.4
 INTRA_MODAL_OFFSET = 6.0
+# Shifted exponents are clamped here: a term e^-60 ≈ 1e-26 is far below float32 resolution of a sum
+# that is at least 1, and stays out of the subnormal range, whose arithmetic is slow on x86 CPUs.
+EXP_FLOOR = -60.0
+
+
+class AasmSaved(NamedTuple):
+    """What the gradient needs: p_ij·e^{ℓ_i − m_i} (…×B×B), e^{m_i − ℓ_i}, Σ_j p_ij (…×B)."""
+    exps: torch.Tensor
+    inverse_partition: torch.Tensor
+    mass: torch.Tensor
+
+
+def log_rest(offset: float | Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """log(c − 1) shaped like the per-row terms (…×B): the part of c not made up by exp(0) for j = i.
+
+    With one c per stacked pair (dimension −2 of `like`) the values are filled in place, so that a
+    CUDA tensor is never built from host memory.
+    """
+    offsets = [offset] if isinstance(offset, (int, float)) else list(offset)
+    rest = torch.full_like(like, math.log(offsets[-1] - 1))
+    for pair, value in enumerate(offsets[:-1]):
+        if value != offsets[-1]:
+            rest[..., pair, :] = math.log(value - 1)
+    return rest
 
 
 def aasm_term(cosines: torch.Tensor, anchor_norms: torch.Tensor, temp: float,
-              offset: float | Sequence[float]) -> torch.Tensor:
-    """ℓ_i = log(c + Σ_{j≠i} exp((s_ij − s_ii)/τ)), s_ij = ⟨p_i, q̂_j⟩ = ‖p_i‖·S_ij; S …×B×B, ‖p_i‖ …×B×1 → …×B.
+              offset: float | Sequence[float]) -> tuple[torch.Tensor, AasmSaved]:
+    """ℓ_i = log(c + Σ_{j≠i} exp((s_ij − s_ii)/τ)), s_ij = ‖p_i‖·S_ij; S …×B×B, ‖p_i‖ …×B → ℓ …×B.
 
-    `offset` is c, or one c per pair when dimension −3 of `cosines` stacks pairs.
+    Written as ℓ_i = log(c − 1 + Σ_j e^{z_ij}) with z_ij = ‖p_i‖(S_ij − S_ii)/τ, whose j = i term is
+    exp(0) = 1; the sum is shifted by m_i = max_j z_ij ≥ 0 so that it cannot overflow.
     """
+    positives = cosines.diagonal(dim1=-2, dim2=-1).contiguous().unsqueeze(-1)
+    row_max = cosines.amax(dim=-1, keepdim=True)
+    scale = (anchor_norms / temp).unsqueeze(-1)
+    exps = torch.sub(cosines, row_max).mul_(scale).clamp_(min=EXP_FLOOR).exp_()  # e^{z_ij − m_i}
+    shift = ((row_max - positives) * scale).squeeze(-1)  # m_i
+    row_sums = exps.sum(dim=-1)
+    aasm = torch.logaddexp(shift + row_sums.log(), log_rest(offset, row_sums))
+    inverse_partition = torch.exp(shift - aasm)  # p_ij = e^{z_ij}/(c − 1 + Σ_j e^{z_ij}) = exps_ij·this
+    return aasm, AasmSaved(exps, inverse_partition, row_sums * inverse_partition)
+
+
+def aasm_gradient(grad: torch.Tensor, saved: AasmSaved, cosines: torch.Tensor, anchor_norms: torch.Tensor,
+                  temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂S (…×B×B) and ∂L/∂‖p‖ (…×B) from g = ∂L/∂ℓ: g_i·‖p_i‖/τ·(p_ij − δ_ij Σ_k p_ik), g_i/τ·Σ_j p_ij (S_ij − S_ii)."""
     scale = anchor_norms / temp
-    # Summing over every j adds exp(0) = 1 for j = i (as the release's c does): take it out of c
-    # instead of masking the diagonal; the row's own score s_ii/τ comes out of the log-sum-exp.
-    every = torch.logsumexp(cosines * scale, dim=-1) - cosines.diagonal(dim1=-2, dim2=-1) * scale.squeeze(-1)
-    offsets = [offset] if isinstance(offset, (int, float)) else list(offset)
-    log_rest = torch.full_like(every, math.log(offsets[-1] - 1))
-    for pair, value in enumerate(offsets[:-1]):  # a fill per differing pair: no host-to-device copy
-        if value != offsets[-1]:
-            log_rest[..., pair, :] = math.log(value - 1)
-    return torch.logaddexp(every, log_rest)
+    weight = grad * scale
+    grad_cosines = saved.exps * (weight * saved.inverse_partition).unsqueeze(-1)
+    grad_cosines.diagonal(dim1=-2, dim2=-1).sub_(weight * saved.mass)
+    positives = cosines.diagonal(dim1=-2, dim2=-1)
+    weighted_cosines = torch.linalg.vecdot(saved.exps, cosines) * saved.inverse_partition
+    grad_norms = grad / temp * (weighted_cosines - positives * saved.mass)
+    return grad_cosines, grad_norms

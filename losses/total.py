@@ -6,9 +6,11 @@ from easydict import EasyDict
 
 from losses.bcr import nonzero_mean
 from losses.equilibrium import InstanceEquilibrium, should_refresh
-from losses.pairs import bidirectional_terms
+from losses.pairs import combine_directions, pairwise_terms
 
 PAIRS = ("cross", "face", "voice")
+# (X, Y) of each pair as indices into the stack (face, face′, voice, voice′); direction 1 has anchors Y.
+PAIR_INDICES = ((0, 2), (0, 1), (2, 3))
 
 
 def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, voice_aux: torch.Tensor,
@@ -30,9 +32,8 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
         size = face.shape[0]
         options = dict(temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l, hinge=cfg.H)
         # The three pairs in one batched call; rows of every term: PAIRS.
-        aasm, bcr, correct = bidirectional_terms(torch.stack([face, face, voice]),
-                                                 torch.stack([voice, face_aux, voice_aux]),
-                                                 cross=(True, False, False), **options)
+        aasm, bcr, correct = combine_directions(*pairwise_terms(
+            torch.stack([face, face_aux, voice, voice_aux]), PAIR_INDICES, cross=(True, False, False), **options))
         if cfg.bcr_detach:
             bcr = bcr.detach()  # the release: BCR changes only the logged loss
 

@@ -3,11 +3,15 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from easydict import EasyDict
+from torch.utils._python_dispatch import TorchDispatchMode
 from scipy.stats import norm
 
+import losses.pairs as pairs_module
 from helpers import DATA, ROOT
-from losses import InstanceEquilibrium, bidirectional_terms, nonzero_mean, pair_terms, should_refresh, total_loss
+from losses import (InstanceEquilibrium, bidirectional_terms, nonzero_mean, pair_terms, pairwise_terms,
+                    should_refresh, total_loss)
 from utils.config import load_config
 
 CASES = torch.load(os.path.join(DATA, "loss_cases.pt"), weights_only=True)
@@ -157,6 +161,116 @@ def test_gradients_are_finite_and_reach_every_input_through_bcr(hinge):
         assert torch.isfinite(g).all() and g.abs().sum() > 0
         torch.testing.assert_close(d, a)  # bcr_detach: the release, BCR adds no gradient
     assert any(not torch.allclose(g, a) for g, a in zip(with_bcr, aasm_only))
+
+
+def formula_terms(anchors, candidates, c, *, temp, m_u, m_l, hinge, margin=0.15):
+    """METHOD.md's (ℓ, b) of one direction, written plainly with autograd: the oracle for the written-out gradient."""
+    eye = torch.eye(anchors.shape[0], dtype=torch.bool)
+    anchors_unit, candidates_unit = F.normalize(anchors, dim=1), F.normalize(candidates, dim=1)
+    cosines, candidate_cosines = anchors_unit @ candidates_unit.T, candidates_unit @ candidates_unit.T
+    positives = cosines.diagonal()[:, None]
+    scores = anchors.norm(dim=1, keepdim=True) * cosines
+    aasm = torch.log(c + torch.exp((scores - scores.diagonal()[:, None]) / temp).masked_fill(eye, 0).sum(1))
+    if hinge:
+        raw = cosines - positives + m_l
+    else:  # a⁺, a⁻ are constants
+        raw = (torch.relu(cosines + m_l).detach() * (cosines - m_l)
+               - torch.relu(1 + m_l - positives).detach() * (positives - (1 - m_l)))
+    loose = (raw > 0) & ~eye
+    regauged = torch.where(loose, raw + torch.relu(candidate_cosines + margin - positives)
+                           + torch.relu(cosines - candidate_cosines + margin), 0)
+    return aasm, regauged.sum(1) / loose.sum(1).clamp(min=1) * (positives.squeeze(1) > m_u)
+
+
+def random_embeddings(size, dim=16, seed=0):
+    """Four float64 batches around shared identity centres, so that BCR has loose pairs to work on."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = torch.randn(size, dim, generator=generator, dtype=torch.float64)
+    noise = torch.randn(4, size, dim, generator=generator, dtype=torch.float64)
+    return (centres + 0.8 * noise).requires_grad_()
+
+
+PAIRS = ((0, 2), (0, 1), (2, 3))
+
+
+@pytest.mark.parametrize("hinge", [True, False])
+@pytest.mark.parametrize("size", [7, 70])  # one batched call for both directions, and one call each
+def test_written_out_gradient_matches_autograd_of_the_formulas(hinge, size):
+    embeddings = random_embeddings(size)
+    opts = dict(temp=0.5, m_u=0.1, m_l=0.3 if hinge else 0.25, hinge=hinge)
+    cross = (True, False, False)
+    first, second = pairwise_terms(embeddings, PAIRS, cross=cross, **opts)
+    ours = torch.stack([first[0], second[0], first[1], second[1]])
+    expected = []
+    for (x, y), c in zip(PAIRS, cross):
+        offset = 5.4 if c else 6.0
+        (aasm1, bcr1), (aasm2, bcr2) = (formula_terms(embeddings[y], embeddings[x], offset, **opts),
+                                        formula_terms(embeddings[x], embeddings[y], offset, **opts))
+        expected.append(torch.stack([aasm1, aasm2, bcr1, bcr2]))
+    expected = torch.stack(expected, dim=1)
+    assert (expected[2:] != 0).float().mean() > 0.3  # BCR is at work on most rows
+    torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+    weights = torch.randn(ours.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grad, = torch.autograd.grad((ours * weights).sum(), embeddings)
+    grad_expected, = torch.autograd.grad((expected * weights).sum(), embeddings)
+    torch.testing.assert_close(grad, grad_expected, rtol=1e-9, atol=1e-12)
+
+
+def test_written_out_gradient_passes_gradcheck():
+    # Finite differences, independent of any hand-written formula (hinge: no constant scales).
+    embeddings = random_embeddings(6, dim=5, seed=2)
+
+    def outputs(e):
+        first, second = pairwise_terms(e, PAIRS, cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True)
+        return first[0], second[0], first[1], second[1]
+
+    assert torch.autograd.gradcheck(outputs, (embeddings,), eps=1e-6, atol=1e-7)
+
+
+def test_both_direction_layouts_agree(monkeypatch):
+    embeddings = random_embeddings(70)
+    opts = dict(cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True)
+    results = []
+    for threshold in (0, 1000):  # views of S and Sᵀ, then one batched call on [S; Sᵀ]
+        monkeypatch.setattr(pairs_module, "BATCH_DIRECTIONS_UP_TO", threshold)
+        first, second = pairwise_terms(embeddings, PAIRS, **opts)
+        terms = torch.stack([first[0], second[0], first[1], second[1]])
+        results.append((terms, torch.autograd.grad(terms.sum(), embeddings)[0], first[2]))
+    for views, batched in zip(*results):
+        torch.testing.assert_close(views, batched)
+
+
+# Operations that make the host wait for a CUDA device: reading a value back, or sizing an output by its data.
+SYNCHRONISING_OPS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select",
+                     "unique", "_unique", "_unique2", "unique_consecutive", "unique_dim", "repeat_interleave",
+                     "_assert_async"}
+
+
+class SynchronisationRecorder(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in SYNCHRONISING_OPS:
+            self.calls.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("bcr_detach", [False, True])
+def test_total_loss_has_no_synchronising_operations(bcr_detach):
+    # The CPU stand-in for the CUDA check below: no operation in the loss, its gradient or an IE
+    # refresh reads a value back to the host or sizes a tensor by its contents.
+    case = CASES[0]
+    cfg = training_cfg(case, warm_up=1, weight_update_iter=1, bcr_detach=bcr_detach)
+    inputs = case_inputs(case, requires_grad=True)
+    with SynchronisationRecorder() as recorder:
+        loss, terms = total_loss(*inputs, torch.arange(20), InstanceEquilibrium(20), cfg.regauge_iter, cfg)
+        loss.backward()
+    assert recorder.calls == []
+    with SynchronisationRecorder() as recorder:
+        loss.item()  # the recorder does see a read-back
+    assert recorder.calls
 
 
 def test_total_loss_is_float32_for_half_precision_inputs():
