@@ -18,11 +18,9 @@ def correct_rankings(cosines: torch.Tensor) -> torch.Tensor:
     return torch.lt(cosines, positives, out=torch.empty_like(cosines)).sum(-1).long()
 
 
-def offsets(cross: bool | Sequence[bool]) -> float | list[float]:
-    """AaSM's c: cross-modal or intra-modal, for one pair or for each pair of a stack."""
-    if isinstance(cross, bool):
-        return CROSS_MODAL_OFFSET if cross else INTRA_MODAL_OFFSET
-    return [offsets(flag) for flag in cross]
+def offsets(cross: Sequence[bool]) -> list[float]:
+    """AaSM's c of each pair: cross-modal or intra-modal."""
+    return [CROSS_MODAL_OFFSET if flag else INTRA_MODAL_OFFSET for flag in cross]
 
 
 # Up to this batch size both directions go through one batched call on [S; Sᵀ], as operator overhead
@@ -130,7 +128,7 @@ def pairwise_terms(embeddings: torch.Tensor, pairs: Pairs, *, cross: Sequence[bo
 
     `embeddings` is K×B×D, row i of every batch from identity i; `cross` holds one flag per pair.
     """
-    aasm, bcr, correct = DirectionTerms.apply(embeddings, tuple(pairs), offsets(list(cross)), temp, m_u, m_l, hinge)
+    aasm, bcr, correct = DirectionTerms.apply(embeddings, tuple(pairs), offsets(cross), temp, m_u, m_l, hinge)
     return (aasm[0], bcr[0], correct), (aasm[1], bcr[1], correct)
 
 

@@ -1,4 +1,4 @@
-"""test.py: features files, table routing and format, outputs, feature cache, errors."""
+"""test.py, utils.protocol, utils.features: features files, table routing and format, outputs, feature cache, errors."""
 import importlib.util
 import json
 import os
@@ -14,6 +14,8 @@ import torch
 from helpers import DATA, ROOT
 from utils import metrics
 from utils.config import load_config
+from utils.features import FeaturesError, as_arrays, save_features_file
+from utils.protocol import evaluation_lists
 
 CASE = os.path.join(DATA, "metric_case")
 REFERENCE = os.path.join(CASE, "embeddings.pt")
@@ -101,7 +103,7 @@ def test_evaluated_lists_are_the_generated_lists():
     from data.lists import list_names
 
     for match_n in ([2], [2, 4]):
-        assert sorted(t.name for t in script.evaluation_lists("val", match_n)) == sorted(list_names("val", match_n))
+        assert sorted(t.name for t in evaluation_lists("val", match_n)) == sorted(list_names("val", match_n))
 
 
 def test_one_to_n_lists_are_evaluated_when_present(tmp_path):
@@ -156,10 +158,10 @@ def test_empty_and_malformed_lists(tmp_path):
 
 
 def test_features_file_errors(tmp_path):
-    with pytest.raises(script.FeaturesError, match="features file not found"):
+    with pytest.raises(FeaturesError, match="features file not found"):
         run(tmp_path, features=str(tmp_path / "none.pt"))
     torch.save({"name2feat": {}}, tmp_path / "bad.pt")
-    with pytest.raises(script.FeaturesError, match=r"bad\.pt: not a features file: it lacks \['name2gender', 'name2i"):
+    with pytest.raises(FeaturesError, match=r"bad\.pt: not a features file: it lacks \['name2gender', 'name2i"):
         run(tmp_path, features=str(tmp_path / "bad.pt"))
 
 
@@ -187,7 +189,7 @@ def cache_setup(tmp_path):
     embeddings = torch.stack([data["name2feat"][k] for k in keys])
     path = str(tmp_path / "features_test.pt")
     source = script.provenance(cfg, str(checkpoint))
-    script.save_features_file(path, keys, embeddings, [data["name2id"][k] for k in keys],
+    save_features_file(path, keys, embeddings, [data["name2id"][k] for k in keys],
                               [data["name2gender"][k] for k in keys], source)
     return cfg, checkpoint, path, source, set(keys), embeddings
 
@@ -227,12 +229,12 @@ def test_cache_made_by_another_checkpoint_or_config_is_not_reused(cache_setup, c
 def test_model_path_reuses_the_cache_only_for_its_checkpoint(cache_setup, monkeypatch):
     cfg, checkpoint, path, source, keys, embeddings = cache_setup
     cfg.testing.extracted_features_path = path
-    lists = script.evaluation_lists("test")
+    lists = evaluation_lists("test")
     extracted = []
 
     def fake_extract(cfg, checkpoint, files, source, path):
         extracted.append((checkpoint, sorted(files["voice"]), sorted(files["face"])))
-        return script.as_arrays(torch.load(REFERENCE, weights_only=True), REFERENCE)
+        return as_arrays(torch.load(REFERENCE, weights_only=True), REFERENCE)
 
     monkeypatch.setattr(script, "extract_features", fake_extract)
     features = script.model_features(cfg, lists, str(checkpoint))

@@ -1,0 +1,149 @@
+"""The paper's evaluation: the test lists, their metrics with 95% intervals, and the results table."""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from data.lists import list_path
+from utils import metrics
+from utils.features import Features
+
+DIRECTIONS = (("v2f", "voice→face"), ("f2v", "face→voice"))
+# (task, gender-constrained, column header) in the paper's order.
+COLUMNS = (
+    ("matching", False, "1:2 matching U"),
+    ("matching", True, "1:2 matching G"),
+    ("verification", False, "verification U (AUC)"),
+    ("verification", True, "verification G (AUC)"),
+    ("retrieval", False, "retrieval mAP"),
+)
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """One list file and where its value goes in the table."""
+
+    task: str  # matching | verification | retrieval
+    direction: str  # v2f | f2v
+    gender: bool  # negatives of the same gender (the G lists)
+    split: str
+    candidates: int = 2  # N of a 1:N matching list
+
+    @property
+    def name(self) -> str:
+        g = "g_" if self.gender else ""
+        if self.task == "matching":
+            return f"match_{g}{self.direction}_{self.candidates}_{self.split}"
+        if self.task == "verification":
+            return f"verify_{g}{self.direction}_{self.split}"
+        return f"reterival_{self.direction}_{self.split}"  # the released spelling
+
+
+def evaluation_lists(split: str, match_n: list[int] = (2,), list_dir: str | None = None) -> list[ListSpec]:
+    """The ten lists of the table, plus the 1:N matching lists (N ≠ 2) present in list_dir."""
+    table = [ListSpec(task, direction, gender, split) for direction, _ in DIRECTIONS for task, gender, _ in COLUMNS]
+    extra = [ListSpec("matching", direction, gender, split, n) for n in match_n if n != 2
+             for direction, _ in DIRECTIONS for gender in (False, True)]
+    return table + [t for t in extra if list_dir is None or os.path.isfile(list_path(list_dir, t.name))]
+
+
+@dataclass
+class Result:
+    """The value of one list (a fraction), its 95% interval, and what the plots need."""
+
+    spec: ListSpec
+    value: float  # fraction
+    interval: tuple[float, float]  # 95%
+    count: int  # lines, or queries for retrieval
+    eer: float | None = None
+    scores: np.ndarray | None = None  # verification only, for the plots
+    labels: np.ndarray | None = None
+
+
+def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int, seed: int) -> Result:
+    """The metric of one list, with its 95% interval (Wilson for matching, bootstrap otherwise)."""
+    rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
+    if spec.task == "retrieval":
+        queries, gallery = metrics.read_retrieval_list(path, features.name2row)
+        precisions = metrics.average_precisions(features.embeddings[queries], features.embeddings[gallery],
+                                                features.ids[queries], features.ids[gallery])
+        precisions = precisions[np.isfinite(precisions)]  # queries with no relevant gallery item have no AP
+        if not precisions.size:
+            raise metrics.ListError(f"{path}: no query has a gallery item of its identity")
+        interval = metrics.percentile_interval(metrics.bootstrap_mean(precisions, bootstrap, rng))
+        return Result(spec, float(precisions.mean()), interval, len(precisions))
+    matching = spec.task == "matching"
+    rows = metrics.read_list(path, features.name2row, min_columns=3 if matching else 2,
+                             max_columns=None if matching else 2)
+    scores = metrics.line_scores(features.unit, rows)
+    if matching:
+        correct = int(metrics.matching_correct(scores).sum())
+        low, high = metrics.wilson_interval(correct, len(rows))
+        return Result(spec, correct / len(rows), (float(low), float(high)), len(rows))
+    scores = scores[:, 0]
+    labels = features.ids[rows[:, 0]] == features.ids[rows[:, 1]]
+    try:
+        auc = metrics.roc_auc(scores, labels)
+    except ValueError as e:
+        raise metrics.ListError(f"{path}: {e}") from None
+    interval = metrics.percentile_interval(metrics.bootstrap_auc(scores, labels, bootstrap, rng))
+    return Result(spec, auc, interval, len(rows), metrics.equal_error_rate(scores, labels), scores, labels)
+
+
+def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap: int, seed: int) -> list[Result]:
+    """Every list in `lists`, in order."""
+    return [evaluate_list(t, list_path(list_dir, t.name), features, bootstrap, seed)
+            for t in tqdm(lists, desc="evaluating lists", unit="list", leave=False)]
+
+
+def _cell(result: Result | None) -> str:
+    if result is None:
+        return "–"
+    low, high = result.interval
+    return f"{100 * result.value:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
+
+
+def format_table(results: list[Result], split: str) -> str:
+    """The README's table: rows voice→face, face→voice; values in % with [95% interval]."""
+    by_key = {(r.spec.task, r.spec.direction, r.spec.gender): r
+              for r in results if r.spec.candidates == 2}
+    lines = [f"| {split} (%), [95% CI] | " + " | ".join(header for _, _, header in COLUMNS) + " |",
+             "|---" * (len(COLUMNS) + 1) + "|"]
+    for direction, row_name in DIRECTIONS:
+        cells = [_cell(by_key.get((task, direction, gender))) for task, gender, _ in COLUMNS]
+        lines.append(f"| {row_name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_outputs(results: list[Result], table: str, result_path: str, source: dict, cfg) -> list[str]:
+    """`list value` lines (%) at result_path, everything in a JSON beside it, and the plots; returns the paths."""
+    from utils import plots
+
+    os.makedirs(os.path.dirname(os.path.abspath(result_path)), exist_ok=True)
+    with open(result_path, "w") as f:
+        f.writelines(f"{r.spec.name} {100 * r.value:.4f}\n" for r in results)
+    stem = os.path.splitext(result_path)[0]
+    summary = {
+        "split": cfg.testing.split,
+        "features": source,
+        "confidence": {"level": 0.95, "matching": "Wilson", "verification and retrieval": "percentile bootstrap",
+                       "bootstrap": cfg.testing.bootstrap, "ci_seed": cfg.testing.ci_seed},
+        "lists": {r.spec.name: {"task": r.spec.task, "direction": r.spec.direction, "gender": r.spec.gender,
+                                "candidates": r.spec.candidates, "value": r.value, "ci95": list(r.interval),
+                                "count": r.count, **({"eer": r.eer} if r.eer is not None else {})}
+                  for r in results},
+        "table": table,
+    }
+    with open(stem + ".json", "w") as f:
+        json.dump(summary, f, indent=1)
+    verification = {r.spec.name: (r.scores, r.labels) for r in results if r.scores is not None}
+    written = [result_path, stem + ".json"]
+    if verification:
+        written += [plots.roc_curves(verification, stem + "_roc.png"),
+                    plots.score_histograms(verification, stem + "_scores.png")]
+    return written
