@@ -35,7 +35,7 @@ def log_rest(offset: float | Sequence[float], like: torch.Tensor) -> torch.Tenso
     rest = torch.full_like(like, math.log(offsets[-1] - 1))
     for pair, value in enumerate(offsets[:-1]):
         if value != offsets[-1]:
-            rest[..., pair, :] = math.log(value - 1)
+            rest.select(-2, pair).fill_(math.log(value - 1))
     return rest
 
 

@@ -91,24 +91,24 @@ class DirectionTerms(torch.autograd.Function):
         direction_grads = {name: split_directions(grads, count)
                            for name, grads in [("cosines", grad_cosines), ("candidates", grad_candidates),
                                                ("norms", grad_anchor_norms)] if grads and grads[0] is not None}
-        grad_units, grad_norms = torch.zeros_like(units), torch.zeros_like(norms)
-        if "norms" in direction_grads:
-            for first, second, x, y in zip(*direction_grads["norms"], x_index, y_index):
-                grad_norms[y] += first
-                grad_norms[x] += second
+        def by_batch(first: torch.Tensor, second: torch.Tensor, first_index: list[int],
+                     second_index: list[int]) -> torch.Tensor:
+            """K×…: the pairs' rows added into the embedding batch each belongs to."""
+            return sum_by_index(list(zip(first_index, first.unbind(0))) + list(zip(second_index, second.unbind(0))),
+                                units.shape[0])
+
+        grad_norms = (by_batch(*direction_grads["norms"], y_index, x_index) if "norms" in direction_grads
+                      else torch.zeros_like(norms))
         if "cosines" in direction_grads:  # S = Ŷ X̂ᵀ: ∂Ŷ = ∂S X̂, ∂X̂ = ∂Sᵀ Ŷ
             first, second = direction_grads["cosines"]
             grad_s = first.add_(second.mT)
-            grad_y, grad_x = grad_s @ x_units, grad_s.mT @ y_units
-            for pair, (x, y) in enumerate(zip(x_index, y_index)):
-                grad_units[x] += grad_x[pair]
-                grad_units[y] += grad_y[pair]
+            grad_units = by_batch(grad_s @ x_units, grad_s.mT @ y_units, y_index, x_index)
+        else:
+            grad_units = torch.zeros_like(units)
         if "candidates" in direction_grads:  # C = Û Ûᵀ: ∂Û = (∂C + ∂Cᵀ) Û; only ∂C + ∂Cᵀ matters
-            size = units.shape[-2]
-            grad_grams = units.new_zeros(units.shape[0], size, size)
-            for first, second, x, y in zip(*direction_grads["candidates"], x_index, y_index):
-                grad_grams[x] += first
-                grad_grams[y] += second if groups == 1 else second.mT  # either orientation; add contiguously
+            first, second = direction_grads["candidates"]
+            # Either orientation of a Gram gradient will do: take the contiguous one.
+            grad_grams = by_batch(first, second if groups == 1 else second.mT, x_index, y_index)
             grad_units.baddbmm_(grad_grams + grad_grams.mT, units)
         # û = e/‖e‖: ∂e = (∂û − û⟨û, ∂û⟩)/‖e‖ + ∂‖e‖·û
         lengths = norms.clamp_min(1e-12)
@@ -117,19 +117,28 @@ class DirectionTerms(torch.autograd.Function):
         return grad_embeddings, None, None, None, None, None, None
 
 
+def sum_by_index(parts: list[tuple[int, torch.Tensor]], count: int) -> torch.Tensor:
+    """count×…: row k the sum of the parts (k, tensor) given for k, zeros where there are none."""
+    sums: list[torch.Tensor | None] = [None] * count
+    for k, part in parts:
+        sums[k] = part if sums[k] is None else sums[k] + part
+    zeros = torch.zeros_like(parts[0][1])
+    return torch.stack([zeros if total is None else total for total in sums])
+
+
 def split_directions(grads: list[torch.Tensor], count: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A gradient of both directions, as one batched group (2P×…) or two groups (P×… each), as (first, second)."""
     return (grads[0][:count], grads[0][count:]) if len(grads) == 1 else (grads[0], grads[1])
 
 
 def pairwise_terms(embeddings: torch.Tensor, pairs: Pairs, *, cross: Sequence[bool], temp: float, m_u: float,
-                   m_l: float, hinge: bool) -> tuple[Terms, Terms]:
-    """((ℓ¹, b¹, k¹), (ℓ², b², k¹)), each P×B, of the pairs (X, Y) = (embeddings[x], embeddings[y]) for (x, y) in `pairs`.
+                   m_l: float, hinge: bool) -> Terms:
+    """(ℓ, b) of both directions (each 2×P×B: direction × pair × row) and k¹ (P×B) of the pairs
+    (X, Y) = (embeddings[x], embeddings[y]) for (x, y) in `pairs`.
 
     `embeddings` is K×B×D, row i of every batch from identity i; `cross` holds one flag per pair.
     """
-    aasm, bcr, correct = DirectionTerms.apply(embeddings, tuple(pairs), offsets(cross), temp, m_u, m_l, hinge)
-    return (aasm[0], bcr[0], correct), (aasm[1], bcr[1], correct)
+    return DirectionTerms.apply(embeddings, tuple(pairs), offsets(cross), temp, m_u, m_l, hinge)
 
 
 def pair_terms(anchors: torch.Tensor, candidates: torch.Tensor, *, cross: bool, temp: float, m_u: float,
@@ -138,16 +147,14 @@ def pair_terms(anchors: torch.Tensor, candidates: torch.Tensor, *, cross: bool, 
 
     ℓ and b are float, k (the correct-ranking count, out of B − 1) is an integer tensor.
     """
-    first, _ = pairwise_terms(torch.stack([candidates, anchors]), [(0, 1)], cross=[cross], temp=temp, m_u=m_u,
-                              m_l=m_l, hinge=hinge)
-    return tuple(term[0] for term in first)
+    aasm, bcr, correct = pairwise_terms(torch.stack([candidates, anchors]), [(0, 1)], cross=[cross], temp=temp,
+                                        m_u=m_u, m_l=m_l, hinge=hinge)
+    return aasm[0, 0], bcr[0, 0], correct[0]
 
 
-def combine_directions(first: Terms, second: Terms) -> Terms:
+def combine_directions(aasm: torch.Tensor, bcr: torch.Tensor, correct: torch.Tensor) -> Terms:
     """Per row: AaSM ½(ℓ¹+ℓ²); BCR (b¹+b²) over how many of them are non-zero (0 if none); counts k¹."""
-    (aasm1, bcr1, correct), (aasm2, bcr2, _) = first, second
-    nonzero = ((bcr1 != 0).to(bcr1.dtype) + (bcr2 != 0).to(bcr2.dtype)).clamp(min=1)
-    return 0.5 * (aasm1 + aasm2), (bcr1 + bcr2) / nonzero, correct
+    return aasm.mean(0), bcr.sum(0) / torch.count_nonzero(bcr.detach(), dim=0).clamp(min=1), correct
 
 
 def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Sequence[bool], temp: float,
@@ -159,7 +166,7 @@ def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Seque
     stacked = x.dim() == 3
     xs, ys = (x, y) if stacked else (x[None], y[None])
     count = xs.shape[0]
-    terms = pairwise_terms(torch.cat([xs, ys]), [(p, count + p) for p in range(count)],
-                           cross=list(cross) if stacked else [cross], temp=temp, m_u=m_u, m_l=m_l, hinge=hinge)
-    combined = combine_directions(*terms)
+    combined = combine_directions(*pairwise_terms(torch.cat([xs, ys]), [(p, count + p) for p in range(count)],
+                                                  cross=list(cross) if stacked else [cross], temp=temp, m_u=m_u,
+                                                  m_l=m_l, hinge=hinge))
     return combined if stacked else tuple(term[0] for term in combined)

@@ -199,8 +199,8 @@ def test_written_out_gradient_matches_autograd_of_the_formulas(hinge, size):
     embeddings = random_embeddings(size)
     opts = dict(temp=0.5, m_u=0.1, m_l=0.3 if hinge else 0.25, hinge=hinge)
     cross = (True, False, False)
-    first, second = pairwise_terms(embeddings, PAIRS, cross=cross, **opts)
-    ours = torch.stack([first[0], second[0], first[1], second[1]])
+    aasm, bcr, _ = pairwise_terms(embeddings, PAIRS, cross=cross, **opts)
+    ours = torch.cat([aasm, bcr])
     expected = []
     for (x, y), c in zip(PAIRS, cross):
         offset = 5.4 if c else 6.0
@@ -221,8 +221,8 @@ def test_written_out_gradient_passes_gradcheck():
     embeddings = random_embeddings(6, dim=5, seed=2)
 
     def outputs(e):
-        first, second = pairwise_terms(e, PAIRS, cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True)
-        return first[0], second[0], first[1], second[1]
+        aasm, bcr, _ = pairwise_terms(e, PAIRS, cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True)
+        return aasm, bcr
 
     assert torch.autograd.gradcheck(outputs, (embeddings,), eps=1e-6, atol=1e-7)
 
@@ -233,9 +233,9 @@ def test_both_direction_layouts_agree(monkeypatch):
     results = []
     for threshold in (0, 1000):  # views of S and Sᵀ, then one batched call on [S; Sᵀ]
         monkeypatch.setattr(pairs_module, "BATCH_DIRECTIONS_UP_TO", threshold)
-        first, second = pairwise_terms(embeddings, PAIRS, **opts)
-        terms = torch.stack([first[0], second[0], first[1], second[1]])
-        results.append((terms, torch.autograd.grad(terms.sum(), embeddings)[0], first[2]))
+        aasm, bcr, correct = pairwise_terms(embeddings, PAIRS, **opts)
+        terms = torch.cat([aasm, bcr])
+        results.append((terms, torch.autograd.grad(terms.sum(), embeddings)[0], correct))
     for views, batched in zip(*results):
         torch.testing.assert_close(views, batched)
 
