@@ -1,7 +1,8 @@
 """AaSM (Archetype-agnostic Subspace Merging): an in-batch, sample-to-sample softmax with no class centres.
 
-Rows of a cosine matrix are anchors. A direction whose anchors index the columns of a matrix is passed
-as its transposed view; every operation here works on views, so no transpose is ever copied.
+Rows of a cosine matrix are anchors. A direction whose anchors index the columns of a matrix may be
+passed as its transposed view: the functions here keep the layout of their input, so a transposed view
+is never copied.
 """
 from __future__ import annotations
 
@@ -59,7 +60,10 @@ def aasm_term(cosines: torch.Tensor, anchor_norms: torch.Tensor, temp: float,
 
 def aasm_gradient(grad: torch.Tensor, saved: AasmSaved, cosines: torch.Tensor, anchor_norms: torch.Tensor,
                   temp: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """∂L/∂S (…×B×B) and ∂L/∂‖p‖ (…×B) from g = ∂L/∂ℓ: g_i·‖p_i‖/τ·(p_ij − δ_ij Σ_k p_ik), g_i/τ·Σ_j p_ij (S_ij − S_ii)."""
+    """∂L/∂S (…×B×B) and ∂L/∂‖p‖ (…×B) from g = ∂L/∂ℓ:
+
+    ∂S_ij = g_i·‖p_i‖/τ·(p_ij − δ_ij Σ_k p_ik) and ∂‖p_i‖ = g_i/τ·Σ_j p_ij (S_ij − S_ii).
+    """
     scale = anchor_norms / temp
     weight = grad * scale
     grad_cosines = saved.exps * (weight * saved.inverse_partition).unsqueeze(-1)

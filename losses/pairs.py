@@ -91,24 +91,19 @@ class DirectionTerms(torch.autograd.Function):
         direction_grads = {name: split_directions(grads, count)
                            for name, grads in [("cosines", grad_cosines), ("candidates", grad_candidates),
                                                ("norms", grad_anchor_norms)] if grads and grads[0] is not None}
-        def by_batch(first: torch.Tensor, second: torch.Tensor, first_index: list[int],
-                     second_index: list[int]) -> torch.Tensor:
-            """K×…: the pairs' rows added into the embedding batch each belongs to."""
-            return sum_by_index(list(zip(first_index, first.unbind(0))) + list(zip(second_index, second.unbind(0))),
-                                units.shape[0])
-
-        grad_norms = (by_batch(*direction_grads["norms"], y_index, x_index) if "norms" in direction_grads
-                      else torch.zeros_like(norms))
+        batches = units.shape[0]
+        grad_norms = (add_by_batch(*direction_grads["norms"], y_index, x_index, batches)
+                      if "norms" in direction_grads else torch.zeros_like(norms))
         if "cosines" in direction_grads:  # S = Ŷ X̂ᵀ: ∂Ŷ = ∂S X̂, ∂X̂ = ∂Sᵀ Ŷ
             first, second = direction_grads["cosines"]
             grad_s = first.add_(second.mT)
-            grad_units = by_batch(grad_s @ x_units, grad_s.mT @ y_units, y_index, x_index)
+            grad_units = add_by_batch(grad_s @ x_units, grad_s.mT @ y_units, y_index, x_index, batches)
         else:
             grad_units = torch.zeros_like(units)
         if "candidates" in direction_grads:  # C = Û Ûᵀ: ∂Û = (∂C + ∂Cᵀ) Û; only ∂C + ∂Cᵀ matters
             first, second = direction_grads["candidates"]
             # Either orientation of a Gram gradient will do: take the contiguous one.
-            grad_grams = by_batch(first, second if groups == 1 else second.mT, x_index, y_index)
+            grad_grams = add_by_batch(first, second if groups == 1 else second.mT, x_index, y_index, batches)
             grad_units.baddbmm_(grad_grams + grad_grams.mT, units)
         # û = e/‖e‖: ∂e = (∂û − û⟨û, ∂û⟩)/‖e‖ + ∂‖e‖·û
         lengths = norms.clamp_min(1e-12)
@@ -117,12 +112,13 @@ class DirectionTerms(torch.autograd.Function):
         return grad_embeddings, None, None, None, None, None, None
 
 
-def sum_by_index(parts: list[tuple[int, torch.Tensor]], count: int) -> torch.Tensor:
-    """count×…: row k the sum of the parts (k, tensor) given for k, zeros where there are none."""
-    sums: list[torch.Tensor | None] = [None] * count
-    for k, part in parts:
+def add_by_batch(first: torch.Tensor, second: torch.Tensor, first_index: list[int], second_index: list[int],
+                 batches: int) -> torch.Tensor:
+    """batches×…: row k the sum of the rows of `first` and `second` (P×…, one per pair) that belong to batch k."""
+    sums: list[torch.Tensor | None] = [None] * batches
+    for k, part in zip(first_index + second_index, [*first.unbind(0), *second.unbind(0)]):
         sums[k] = part if sums[k] is None else sums[k] + part
-    zeros = torch.zeros_like(parts[0][1])
+    zeros = torch.zeros_like(first[0])
     return torch.stack([zeros if total is None else total for total in sums])
 
 
