@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 
 
 @dataclass
@@ -53,11 +52,26 @@ def barrier(ctx: Context) -> None:
         dist.barrier()
 
 
+class GatherRows(torch.autograd.Function):
+    """Every rank's rows in rank order; each rank's rows get their gradient summed over all ranks."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, world_size: int, rank: int) -> torch.Tensor:
+        ctx.rows = slice(rank * x.shape[0], (rank + 1) * x.shape[0])
+        return gather(x, Context(rank, world_size))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.clone()  # all_reduce works in place; autograd may still hold this tensor
+        dist.all_reduce(grad)
+        return grad[ctx.rows], None, None
+
+
 def gather_with_grad(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     """Concatenate every rank's rows in rank order; gradients flow back to each rank's own rows."""
     if not ctx.enabled:
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return GatherRows.apply(x, ctx.world_size, ctx.rank)
 
 
 def broadcast_object(obj, ctx: Context):
