@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from losses.aasm import positive_cosines
+
 # The re-gauging margin g: a fixed constant in the release, not a config key.
 REGAUGE_MARGIN = 0.15
 
@@ -48,7 +50,7 @@ def bcr_term(cosines: torch.Tensor, candidate_cosines: torch.Tensor, *, m_u: flo
     b_i = [π_i > m_u] · Σ_j T_ij / Σ_j σ_ij. T_ij > 0 exactly where σ_ij = 1, so this is the mean of
     the non-zero entries of row i of T.
     """
-    positives = cosines.diagonal(dim1=-2, dim2=-1).contiguous().unsqueeze(-1)  # π_i
+    positives = positive_cosines(cosines)
     raw, _, _ = raw_scores(cosines, positives, m_l, hinge)
     loose = loose_mask(raw)
     work = (candidate_cosines - (positives - REGAUGE_MARGIN)).relu_()
@@ -65,7 +67,7 @@ def bcr_gradient(grad: torch.Tensor, cosines: torch.Tensor, candidate_cosines: t
     hinge masks are recomputed rather than kept from the forward pass: that keeps four B×B tensors per
     direction out of memory, and out of the forward pass when BCR is detached.
     """
-    positives = cosines.diagonal(dim1=-2, dim2=-1).contiguous().unsqueeze(-1)
+    positives = positive_cosines(cosines)
     raw, scale_negative, scale_positive = raw_scores(cosines, positives, m_l, hinge)
     loose = loose_mask(raw)
     counts = loose.sum(dim=-1, keepdim=True)

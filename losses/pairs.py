@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from losses.aasm import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, aasm_gradient, aasm_term
+from losses.aasm import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, aasm_gradient, aasm_term, positive_cosines
 from losses.bcr import bcr_gradient, bcr_term
 
 Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -14,8 +14,7 @@ Pairs = Sequence[tuple[int, int]]
 
 def correct_rankings(cosines: torch.Tensor) -> torch.Tensor:
     """k_i = #{j ≠ i : S_ij < π_i} (…×B, integer); the diagonal never counts (S_ii = π_i)."""
-    positives = cosines.diagonal(dim1=-2, dim2=-1).contiguous().unsqueeze(-1)
-    return torch.lt(cosines, positives, out=torch.empty_like(cosines)).sum(-1).long()
+    return torch.lt(cosines, positive_cosines(cosines), out=torch.empty_like(cosines)).sum(-1).long()
 
 
 def offsets(cross: Sequence[bool]) -> list[float]:
