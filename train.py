@@ -52,9 +52,24 @@ def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torc
     return torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+def loss_and_update_equilibrium(embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor,
+                                equilibrium: InstanceEquilibrium, iteration: int, cfg_training) -> tuple:
+    """The iteration's loss on the global batch, with Instance Equilibrium's bookkeeping around it.
+
+    Refreshes the identity weights first when due (so the new weights already serve this iteration),
+    then computes the loss, then adds the cross pair's ranking counts. Returns (loss, terms, refreshed).
+    """
+    refreshed = should_refresh(iteration, cfg_training)
+    if refreshed:
+        equilibrium.refresh()
+    loss, terms, correct = total_loss(*embeddings, equilibrium.weights_of(labels), iteration, cfg_training)
+    equilibrium.accumulate(labels, correct, labels.shape[0] - 1)
+    return loss, terms, refreshed
+
+
 def forward_loss(encoders: torch.nn.Module, batch: tuple, equilibrium: InstanceEquilibrium, iteration: int, cfg,
                  ctx: distributed.Context, device: torch.device, amp_dtype: torch.dtype | None = None):
-    """Loss and logged terms of one iteration on this rank's share of the global batch."""
+    """Loss, logged terms and whether the IE weights were refreshed, on this rank's share of the global batch."""
     faces, voice, voice_aux = (as_float(x, device) for x in batch[:3])
     labels = batch[3].to(device, non_blocking=True)
     face, face_aux = faces[:, 0], faces[:, 1]
@@ -65,9 +80,9 @@ def forward_loss(encoders: torch.nn.Module, batch: tuple, equilibrium: InstanceE
     # Each rank's loss is the global one and its gradient reaches every rank's rows, so DDP's average
     # over ranks is the single-process gradient of the global batch. Every rank also sees the whole
     # gathered batch, so the equilibrium counters and weights agree on all ranks.
-    face, face_aux, voice, voice_aux = (distributed.gather_with_grad(e.float(), ctx) for e in embeddings)
-    return total_loss(face, face_aux, voice, voice_aux, distributed.gather(labels, ctx), equilibrium, iteration,
-                      cfg.training)
+    embeddings = tuple(distributed.gather_with_grad(e.float(), ctx) for e in embeddings)
+    return loss_and_update_equilibrium(embeddings, distributed.gather(labels, ctx), equilibrium, iteration,
+                                       cfg.training)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -222,9 +237,9 @@ def train(cfg, resume: str | None = None) -> dict:
         lr = learning_rate(iteration, tcfg)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        loss, terms = forward_loss(encoders, batch, equilibrium, iteration, cfg, ctx, device, amp_dtype)
+        loss, terms, refreshed = forward_loss(encoders, batch, equilibrium, iteration, cfg, ctx, device, amp_dtype)
         check_finite({"loss": loss, **terms}, iteration)
-        if writer is not None and should_refresh(iteration, tcfg):  # total_loss has just refreshed them
+        if writer is not None and refreshed:
             writer.add_histogram("equilibrium/weights", equilibrium.identity_weights.cpu().numpy(), iteration)
 
         optimizer.zero_grad(set_to_none=True)

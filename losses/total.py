@@ -1,11 +1,12 @@
 """The training loss of one iteration: AaSM on three pairs, plus the re-gauged BCR weighted by IE."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from easydict import EasyDict
 
 from losses.bcr import nonzero_mean
-from losses.equilibrium import InstanceEquilibrium, should_refresh
 from losses.pairs import combine_directions, pairwise_terms
 
 PAIRS = ("cross", "face", "voice")
@@ -13,18 +14,21 @@ PAIRS = ("cross", "face", "voice")
 PAIR_INDICES = ((0, 2), (0, 1), (2, 3))
 
 
+class IterationLoss(NamedTuple):
+    loss: torch.Tensor  # 0-d, float32, what the optimizer steps on
+    terms: dict[str, torch.Tensor]  # detached 0-d terms for logging
+    correct: torch.Tensor  # k_i of the cross pair (voice anchors): what Instance Equilibrium counts
+
+
 def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, voice_aux: torch.Tensor,
-               labels: torch.Tensor, equilibrium: InstanceEquilibrium, iteration: int,
-               cfg_training: EasyDict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+               identity_weights: torch.Tensor, iteration: int, cfg_training: EasyDict) -> IterationLoss:
     """L = mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) + [t ≥ regauge_iter]·λ·Σ_pairs Z(b ⊙ w_y).
 
-    Embeddings are B×D, row i of all four from training identity `labels[i]` (any float dtype; the
-    math runs in float32 with autocast off). This call also does IE's bookkeeping: it first refreshes
-    the weights when `should_refresh(iteration)` (so the refreshed weights already serve this
-    iteration's loss), then adds this iteration's cross-pair counts; the caller must not refresh or
-    accumulate itself. Returns the loss and detached 0-d terms for logging: aasm_<pair>, bcr_<pair>
-    (row means, pair in PAIRS), regauge (the BCR sum before ×regauge_weight, also before
-    regauge_iter) and rank_accuracy (the cross pair's k_i/(B − 1), averaged).
+    Embeddings are B×D, row i of all four from one training identity, whose IE weight w_{y_i} is
+    `identity_weights[i]` (any float dtype; the math runs in float32 with autocast off). Pure: the
+    caller refreshes and accumulates the equilibrium. Terms: aasm_<pair>, bcr_<pair> (row means, pair
+    in PAIRS), regauge (the BCR sum before ×regauge_weight, also before regauge_iter) and
+    rank_accuracy (the cross pair's k_i/(B − 1), averaged).
     """
     cfg = cfg_training
     with torch.autocast(device_type=face.device.type, enabled=False):
@@ -36,11 +40,8 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
             torch.stack([face, face_aux, voice, voice_aux]), PAIR_INDICES, cross=(True, False, False), **options))
         if cfg.bcr_detach:
             bcr = bcr.detach()  # the release: BCR changes only the logged loss
-
-        if should_refresh(iteration, cfg):
-            equilibrium.refresh()
         if cfg.weighted_enabled:
-            regauge = nonzero_mean(bcr * equilibrium.weights_of(labels)).sum()
+            regauge = nonzero_mean(bcr * identity_weights.float()).sum()
         else:
             regauge = bcr.mean(dim=-1).sum()  # the release without IE: zeros included
 
@@ -48,11 +49,10 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
         loss = aasm_means.sum()
         if iteration >= cfg.regauge_iter:
             loss = loss + cfg.regauge_weight * regauge
-        equilibrium.accumulate(labels, correct[0], size - 1)
 
     aasm_means, bcr_means = aasm_means.detach(), bcr.detach().mean(dim=-1)
     terms = {f"aasm_{name}": aasm_means[k] for k, name in enumerate(PAIRS)}
     terms.update({f"bcr_{name}": bcr_means[k] for k, name in enumerate(PAIRS)})
     terms["regauge"] = regauge.detach()
     terms["rank_accuracy"] = correct[0].float().mean() / (size - 1)
-    return loss, terms
+    return IterationLoss(loss, terms, correct[0])

@@ -36,7 +36,7 @@ def run(batch, cfg, ctx):
     equilibrium = InstanceEquilibrium(20)
     # counts from earlier iterations, so the refresh at ITERATION has something to weigh
     equilibrium.accumulate(torch.arange(20), torch.arange(20) % 7, 7)
-    loss, terms = forward_loss(encoders, batch, equilibrium, ITERATION, cfg, ctx, torch.device("cpu"))
+    loss, terms, _ = forward_loss(encoders, batch, equilibrium, ITERATION, cfg, ctx, torch.device("cpu"))
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     return {"loss": loss.detach(), "terms": terms, "grads": grads, "equilibrium": equilibrium.state_dict()}
@@ -84,7 +84,7 @@ def test_mixed_precision_forward_keeps_the_loss_in_float32():
         torch.manual_seed(0)
         encoders = wrap_encoders(build_model(cfg.models).eval(), ctx, cpu)
         equilibrium = InstanceEquilibrium(20)
-        losses[dtype], terms = forward_loss(encoders, batch, equilibrium, ITERATION, cfg, ctx, cpu, torch.bfloat16
+        losses[dtype], terms, _ = forward_loss(encoders, batch, equilibrium, ITERATION, cfg, ctx, cpu, torch.bfloat16
                                             if dtype else None)
         assert losses[dtype].dtype == torch.float32 and all(t.dtype != torch.bfloat16 for t in terms.values())
         losses[dtype].backward()

@@ -13,6 +13,7 @@ from helpers import DATA, ROOT
 from losses import (InstanceEquilibrium, bidirectional_terms, nonzero_mean, pair_terms, pairwise_terms,
                     should_refresh, total_loss)
 from utils.config import load_config
+from train import loss_and_update_equilibrium
 
 CASES = torch.load(os.path.join(DATA, "loss_cases.pt"), weights_only=True)
 # Reference key 'term[A->C]': anchors A, candidates C.
@@ -118,15 +119,15 @@ def test_total_loss_follows_the_regauge_schedule(index):
 
     equilibrium = InstanceEquilibrium(size)
     equilibrium.identity_weights.copy_(weights)
-    before, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter - 1, cfg)
+    before, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter - 1, cfg)
     assert_relative(before, aasm)
-    after, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter, cfg)
+    after, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter, cfg)
     assert_relative(after, aasm + 10.0 * regauge)
     assert_relative(terms["regauge"], regauge)
     assert terms["regauge"] > 0
 
     unweighted = training_cfg(case, weighted_enabled=False)
-    plain, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter, unweighted)
+    plain, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter, unweighted)
     assert_relative(plain, aasm + 10.0 * sum(bcr.mean() for _, bcr, _ in pairs))
 
 
@@ -136,7 +137,7 @@ def test_total_loss_uses_each_rows_own_weight():
     labels = torch.arange(20).flip(0) + 5
     equilibrium = InstanceEquilibrium(30)
     equilibrium.identity_weights.copy_(torch.rand(30, generator=torch.Generator().manual_seed(1)) + 0.5)
-    _, terms = total_loss(*case_inputs(case), labels, equilibrium, cfg.regauge_iter, cfg)
+    _, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter, cfg)
     weights = equilibrium.identity_weights[labels]
     expected = sum(nonzero_mean(bcr * weights) for _, bcr, _ in per_pair_terms(case))
     assert_relative(terms["regauge"], expected)
@@ -146,7 +147,7 @@ def gradients(case, **changes):
     inputs = case_inputs(case, requires_grad=True)
     cfg = training_cfg(case, **changes)
     iteration = changes.get("iteration", cfg.regauge_iter)
-    loss, _ = total_loss(*inputs, torch.arange(case["face"].shape[0]), InstanceEquilibrium(20), iteration, cfg)
+    loss, _, _ = total_loss(*inputs, torch.ones(case["face"].shape[0]), iteration, cfg)
     loss.backward()
     return [x.grad for x in inputs]
 
@@ -265,7 +266,8 @@ def test_total_loss_has_no_synchronising_operations(bcr_detach):
     cfg = training_cfg(case, warm_up=1, weight_update_iter=1, bcr_detach=bcr_detach)
     inputs = case_inputs(case, requires_grad=True)
     with SynchronisationRecorder() as recorder:
-        loss, terms = total_loss(*inputs, torch.arange(20), InstanceEquilibrium(20), cfg.regauge_iter, cfg)
+        loss, terms, _ = loss_and_update_equilibrium(inputs, torch.arange(20), InstanceEquilibrium(20),
+                                                     cfg.regauge_iter, cfg)
         loss.backward()
     assert recorder.calls == []
     with SynchronisationRecorder() as recorder:
@@ -277,20 +279,19 @@ def test_total_loss_is_float32_for_half_precision_inputs():
     case = CASES[0]
     inputs = [x.to(torch.bfloat16) for x in case_inputs(case)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, terms = total_loss(*inputs, torch.arange(20), InstanceEquilibrium(20), 7000, training_cfg(case))
+        loss, terms, _ = total_loss(*inputs, torch.ones(20, dtype=torch.bfloat16), 7000, training_cfg(case))
     assert loss.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
-    reference, _ = total_loss(*[x.float() for x in inputs], torch.arange(20), InstanceEquilibrium(20), 7000,
-                              training_cfg(case))
+    reference, _, _ = total_loss(*[x.float() for x in inputs], torch.ones(20), 7000, training_cfg(case))
     torch.testing.assert_close(loss, reference)
 
 
-def test_total_loss_accumulates_cross_pair_counts():
+def test_trainer_accumulates_cross_pair_counts():
     case = CASES[0]
     cfg = training_cfg(case)
     labels = torch.arange(20) * 2
     equilibrium = InstanceEquilibrium(40)
     for _ in range(2):
-        total_loss(*case_inputs(case), labels, equilibrium, 1, cfg)
+        loss_and_update_equilibrium(case_inputs(case), labels, equilibrium, 1, cfg)
     expected = torch.zeros(40)
     expected[labels] = 2 * case["correct[voice->face]"].float()
     assert torch.equal(equilibrium.correct_counts, expected)
@@ -303,18 +304,18 @@ def test_refresh_schedule():
     assert [t for t in range(1, 9000) if should_refresh(t, cfg)] == [6440, 7360, 8280]
 
 
-def test_total_loss_refreshes_before_using_the_weights():
+def test_trainer_refreshes_before_using_the_weights():
     case = CASES[0]
     cfg = training_cfg(case, warm_up=4, weight_update_iter=2)
     labels = torch.arange(20)
     equilibrium = InstanceEquilibrium(20)
     for iteration in (1, 2, 3):
-        total_loss(*case_inputs(case), labels, equilibrium, iteration, cfg)
+        assert not loss_and_update_equilibrium(case_inputs(case), labels, equilibrium, iteration, cfg)[2]
     assert torch.equal(equilibrium.identity_weights, torch.ones(20))
     ratio = (3 * case["correct[voice->face]"].double()) / (3 * 19)
     std = ratio.std()
     expected = torch.from_numpy(norm.pdf(ratio.numpy(), (ratio.mean() - std).item(), std.item())).float()
-    _, terms = total_loss(*case_inputs(case), labels, equilibrium, 4, cfg)
+    assert loss_and_update_equilibrium(case_inputs(case), labels, equilibrium, 4, cfg)[2]
     torch.testing.assert_close(equilibrium.identity_weights, expected)
     # The counters restarted at the refresh and hold iteration 4's counts only.
     assert torch.equal(equilibrium.comparison_counts, torch.full((20,), 19.0))
@@ -366,8 +367,7 @@ def first_loss(seed):
     waves = torch.randn(4, 16000) * 3000
     face, face_aux = model.encode_face(images).split(2)
     voice, voice_aux = model.encode_voice(waves).split(2)
-    loss, _ = total_loss(face, face_aux, voice, voice_aux, torch.arange(2), InstanceEquilibrium(2),
-                         cfg.training.regauge_iter, cfg.training)
+    loss, _, _ = total_loss(face, face_aux, voice, voice_aux, torch.ones(2), cfg.training.regauge_iter, cfg.training)
     return loss
 
 
