@@ -24,15 +24,16 @@ import torch
 
 from data.lists import list_path
 from utils import metrics
-from utils.config import ConfigError, config_to_dict, load_config, run_dir
+from utils.config import config_to_dict, load_config, run_dir
 from utils.distributed import device_of
-from utils.features import Features, FeaturesError, as_arrays, load_features_file, save_features_file
+from utils.errors import UserError
+from utils.features import Features, as_arrays, load_features_file, save_features_file
 from utils.protocol import ListSpec, Result, evaluate, evaluation_lists, format_table, write_outputs
 
 MODALITIES = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}  # (query, candidates)
 
 
-class MissingCheckpoint(FileNotFoundError):
+class MissingCheckpoint(UserError, FileNotFoundError):
     """The checkpoint to evaluate does not exist."""
 
 
@@ -163,5 +164,5 @@ def main(argv: list[str] | None = None) -> list[Result]:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, metrics.ListError, FeaturesError, FileNotFoundError) as error:
+    except (UserError, FileNotFoundError) as error:
         sys.exit(f"test.py: {error}")

@@ -25,6 +25,8 @@ import soundfile
 from PIL import Image
 from tqdm import tqdm
 
+from utils.errors import UserError
+
 AUDIO_STORE = "audio.lmdb"
 FACE_STORE = "face.lmdb"
 INFO_FILE = "store.json"  # build parameters and counts, next to data.mdb
@@ -33,7 +35,7 @@ MAP_SIZE = 1 << 40  # address space only: the file grows with the data
 JPEG_QUALITY = 95  # when faces are re-encoded after resizing
 
 
-class MissingKeyError(KeyError):
+class MissingKeyError(UserError, KeyError):
     """A key is not in a store (or a list names a file the store does not have)."""
 
     def __str__(self) -> str:

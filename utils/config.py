@@ -14,6 +14,8 @@ from typing import Any, Iterable
 import yaml
 from easydict import EasyDict
 
+from utils.errors import UserError
+
 # Keys whose default is None take a value of this type (None stays allowed).
 NULLABLE_TYPES: dict[str, type] = {
     "dataset.split_file": str,
@@ -121,7 +123,7 @@ CHOICES: dict[str, tuple] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config key is unknown or has a value of the wrong type."""
 
 

@@ -11,8 +11,10 @@ import torch
 
 from utils import metrics
 
+from utils.errors import UserError
 
-class FeaturesError(ValueError):
+
+class FeaturesError(UserError, ValueError):
     """A features file is missing or not in the released format."""
 
 

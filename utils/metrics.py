@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from sklearn import metrics as sklearn_metrics
 
+from utils.errors import UserError
 
-class ListError(ValueError):
+
+class ListError(UserError, ValueError):
     """A test list is missing, empty, malformed, or names a file without an embedding."""
 
 

@@ -1,0 +1,5 @@
+"""The one base class of the errors a user can fix; entry points print their message in one line."""
+
+
+class UserError(Exception):
+    """Bad input the user controls: the message names the file, list line, checkpoint or config key."""
