@@ -20,8 +20,8 @@ from easydict import EasyDict
 from tqdm import tqdm
 
 from data.lists import check_keys, list_names, list_path, unlistable_reason, write_lists
-from data.lmdb_store import (AUDIO_STORE, FACE_STORE, SKIPPED_FILE, LmdbStore, MissingKeyError, build_store,
-                             encode_audio, encode_image, store_is_current)
+from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, LmdbStore, MissingKeyError,
+                             build_store, encode_audio, encode_image, store_is_current)
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
 from utils.errors import UserError
@@ -142,6 +142,9 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
         path = os.path.join(d.lmdb_dir, name)
         report = build_store(path, items, encode, params[name], skipped, workers, desc=name)
         note = f", {len(report.skipped)} skipped (listed in {os.path.join(path, SKIPPED_FILE)})" if report.skipped else ""
+        if report.notes:
+            note += (f", {len(report.notes)} stored with a note such as clipped samples "
+                     f"(listed in {os.path.join(path, NOTES_FILE)})")
         print(f"{name}: {report.stored} files{note}")
 
 

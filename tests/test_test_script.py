@@ -284,3 +284,13 @@ def test_model_end_to_end_on_the_synthetic_corpus(tmp_path, capsys):
     again = script.main(["--cfg", CONFIG] + opts)
     assert "reusing the features" in capsys.readouterr().out
     assert [r.value for r in again] == [r.value for r in results]
+
+
+def test_results_are_written_with_the_users_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        run(tmp_path)
+    finally:
+        os.umask(previous)
+    for name in ("results_test.txt", "results_test.json", "results_test_roc.png"):
+        assert os.stat(tmp_path / "synthetic" / name).st_mode & 0o777 == 0o640, name
