@@ -132,7 +132,7 @@ class LmdbStore:
 
     def read_audio(self, key: str) -> np.ndarray:
         """int16 samples (T,) of a clip."""
-        clip = self._read(key, lambda value: None if len(value) % 2 else np.frombuffer(value, "<i2").astype(np.int16))
+        clip = self._read(key, lambda v: None if len(v) % 2 else np.frombuffer(v, "<i2").astype(np.int16))
         if clip is None:
             raise ValueError(f"{self.path}: the clip '{key}' is not int16 samples (odd byte count)")
         return clip
@@ -177,9 +177,9 @@ def decode_audio(path: str, sample_rate: int, max_samples: int | None = None) ->
             integer = sound.subtype in INTEGER_PCM
             samples = sound.read(dtype="int16" if integer else "float64", always_2d=True)
             rate = sound.samplerate
-    except Exception as e:  # libsndfile says why; its message would name the buffer, not the file
-        raise BadInput(path, f"unreadable audio: {getattr(e, 'error_string', '') or str(e).replace(repr(buffer), path)}"
-                       ) from None
+    except Exception as e:  # libsndfile says why; its full message would name the buffer, not the file
+        why = getattr(e, "error_string", "") or str(e).replace(repr(buffer), path)
+        raise BadInput(path, f"unreadable audio: {why}") from None
     if samples.shape[0] == 0:
         raise BadInput(path, "zero-length clip")
     clip = samples[:, 0]  # the release takes the first channel of a multi-channel file

@@ -94,7 +94,7 @@ def split_of_ranges(identities: Iterable[Identity], ranges: dict) -> dict[str, s
     for split, bound in ranges.items():
         if split not in SPLITS or len(bound) != 2:
             raise ConfigError(f"config key dataset.split_ranges.{split}: expected [first_id, last_id] of "
-                             f"one of {SPLITS}")
+                              f"one of {SPLITS}")
         bounds[split] = (natural_key(bound[0]), natural_key(bound[1]))
     ordered = sorted(bounds.items(), key=lambda kv: kv[1][0])
     for (a, (_, a_hi)), (b, (b_lo, _)) in zip(ordered, ordered[1:]):

@@ -85,7 +85,7 @@ def read_list(path: str, name2row: Mapping[str, int], min_columns: int = 2,
 
 def _retrieval_lines(path: str) -> tuple[list[str], list[str]]:
     _, lines = _read_lines(path)
-    _no_blank_lines(path, np.array([len(line.split()) for line in lines]))  # a retrieval list has 2 lines
+    _no_blank_lines(path, np.array([len(line.split()) for line in lines]))  # two lines: no loop worth avoiding
     if len(lines) != 2:
         raise ListError(f"{path}: malformed, a retrieval list has 2 lines (queries, gallery), found {len(lines)}")
     return lines[0].split(), lines[1].split()
