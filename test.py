@@ -15,14 +15,14 @@ embeddings, and PNG plots (ROC curves, score histograms).
 from __future__ import annotations
 
 import argparse
-import datetime
+import hashlib
 import os
 import sys
 
 import numpy as np
 import torch
 
-from data.lists import list_path
+from data.lists import check_keys, list_path
 from utils import metrics
 from utils.config import config_to_dict, load_config, run_dir
 from utils.distributed import device_of
@@ -46,13 +46,19 @@ def checkpoint_of(cfg) -> str:
     return path
 
 
+def file_sha256(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed: a checkpoint may be gigabytes
+
+
 def provenance(cfg, checkpoint: str) -> dict:
-    """What embeddings depend on: the checkpoint file (path, size, time) and the config of model and inputs."""
-    stat = os.stat(checkpoint)
+    """What embeddings depend on: the checkpoint's content (sha256) and the config of model and inputs.
+
+    The path is recorded for the messages only: the same bytes elsewhere make the same embeddings.
+    """
     return {
         "checkpoint": os.path.abspath(checkpoint),
-        "checkpoint_size": stat.st_size,
-        "checkpoint_mtime": datetime.datetime.fromtimestamp(stat.st_mtime).isoformat(),
+        "checkpoint_sha256": file_sha256(checkpoint),
         "config": {"split": cfg.testing.split, "models": config_to_dict(cfg.models),
                    "dataset": {k: cfg.dataset[k] for k in ("lmdb_dir", "image_size", "store_image_size",
                                                            "sample_rate", "clip_seconds")}},
@@ -65,31 +71,46 @@ def reusable_cache(path: str, source: dict, keys: set[str]) -> Features | None:
         return None
     data = load_features_file(path)
     old = data.get("source")
+    changed = sorted(k for k in source if k != "checkpoint" and old and old.get(k) != source[k])
     if not old:
         reason = "it does not record the checkpoint that produced it (evaluate it as is with --features)"
-    elif old != source:
-        changed = sorted(k for k in source if old.get(k) != source[k])
-        reason = (f"it was extracted by {old.get('checkpoint')} ({old.get('checkpoint_size')} bytes, "
-                  f"{old.get('checkpoint_mtime')}); now {source['checkpoint']} ({source['checkpoint_size']} "
-                  f"bytes, {source['checkpoint_mtime']}); differs in: {', '.join(changed)}")
+    elif changed:
+        reason = (f"it was extracted by {old.get('checkpoint')} (sha256 {str(old.get('checkpoint_sha256'))[:12]}); "
+                  f"now {source['checkpoint']} (sha256 {source['checkpoint_sha256'][:12]}); "
+                  f"differs in: {', '.join(changed)}")
     elif not keys <= data["name2feat"].keys():
         reason = f"it lacks {len(keys - data['name2feat'].keys())} of the files the lists name"
     else:
-        print(f"reusing the features in {path} (extracted by {old['checkpoint']}, {old['checkpoint_mtime']})")
+        print(f"reusing the features in {path} (extracted by {old['checkpoint']}, the same content)")
         return as_arrays(data, path)
     print(f"not reusing {path}: {reason}; extracting again")
     return None
 
 
-def files_by_modality(list_dir: str, lists: list[ListSpec]) -> dict[str, list[str]]:
+def read_lists(list_dir: str, lists: list[ListSpec]) -> dict[str, np.ndarray | list[np.ndarray]]:
+    """The keys of every list by name, read and shape-checked as the evaluation reads them."""
+    return {t.name: t.read_keys(list_path(list_dir, t.name)) for t in lists}
+
+
+def files_by_modality(lists: list[ListSpec], keys: dict[str, np.ndarray | list[np.ndarray]]) -> dict[str, list[str]]:
     """Every file the lists name, by modality (the query column/line is the direction's first modality)."""
     files: dict[str, set[str]] = {"voice": set(), "face": set()}
     for t in lists:
         query, candidate = MODALITIES[t.direction]
-        queries, candidates = metrics.list_files(list_path(list_dir, t.name), retrieval=t.task == "retrieval")
-        files[query].update(queries)
-        files[candidate].update(candidates)
+        rows = keys[t.name]
+        queries, candidates = (rows[0], rows[1]) if t.task == "retrieval" else (rows[:, 0], rows[:, 1:].ravel())
+        files[query].update(queries.tolist())
+        files[candidate].update(candidates.tolist())
     return {m: sorted(f) for m, f in files.items()}
+
+
+def check_stores(cfg, lists: list[ListSpec], keys: dict[str, np.ndarray | list[np.ndarray]]) -> None:
+    """Every file the lists name is in the stores (before any embedding): else name the list, line and key."""
+    from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
+
+    stores = [LmdbStore(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)]
+    for t in lists:
+        check_keys(list_path(cfg.dataset.list_dir, t.name), keys[t.name], *stores)
 
 
 def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
@@ -126,9 +147,13 @@ def model_features(cfg, lists: list[ListSpec], checkpoint: str) -> Features:
     """The embeddings of the checkpoint's model: the cache when it is the same model's, else extracted."""
     path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.pt")
     source = provenance(cfg, checkpoint)
-    files = files_by_modality(cfg.dataset.list_dir, lists)
+    keys = read_lists(cfg.dataset.list_dir, lists)
+    files = files_by_modality(lists, keys)
     cached = reusable_cache(path, source, set(files["voice"]) | set(files["face"]))
-    return cached if cached is not None else extract_features(cfg, checkpoint, files, source, path)
+    if cached is not None:
+        return cached
+    check_stores(cfg, lists, keys)
+    return extract_features(cfg, checkpoint, files, source, path)
 
 
 def main(argv: list[str] | None = None) -> list[Result]:

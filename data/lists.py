@@ -1,13 +1,15 @@
-"""Evaluation lists of PROTOCOL.md: names, seeded generation, reading, and checking against a store.
+"""Evaluation lists: names, seeded generation, the keys the format can carry, and checking against a store.
 
 A list is `<list_dir>/<name>.txt`, space-separated keys (paths relative to the audio / image
 folders). Matching and verification lists repeat every query file of the split on 3 lines;
 retrieval lists are two lines, all queries then the whole gallery. Generation is vectorised
 over lines and seeded per list name, so a list is the same whichever others already exist.
+Lists are read by utils.metrics (read_key_table, read_retrieval_keys), the reader evaluation uses.
 """
 from __future__ import annotations
 
 import os
+import re
 import zlib
 from typing import Iterable, Sequence
 
@@ -15,6 +17,7 @@ import numpy as np
 
 from data.lmdb_store import MissingKeyError
 from data.splits import Identity, key_labels
+from utils.metrics import ListError
 
 LINES_PER_QUERY = 3
 DIRECTIONS = ("v2f", "f2v")
@@ -33,6 +36,19 @@ def list_names(split: str, match_n: Iterable[int] = (2,)) -> list[str]:
 
 def list_path(list_dir: str, name: str) -> str:
     return os.path.join(list_dir, name + ".txt")
+
+
+def unlistable_reason(key: str) -> str | None:
+    """Why a list line cannot carry `key` (paths are separated by whitespace, files are UTF-8), or None."""
+    space = re.search(r"\s", key)
+    if space:
+        what = {" ": "a space", "\t": "a tab", "\n": "a line break"}.get(space.group(), f"whitespace {space.group()!r}")
+        return f"the file name holds {what}, which the space-separated lists cannot carry"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the file name is not valid UTF-8, which the lists cannot carry"
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -71,8 +87,8 @@ def _draw_others(rng: np.random.Generator, owners: np.ndarray, pool_of: np.ndarr
     start = np.where(found, starts[np.minimum(group, len(groups) - 1)], 0)
     available = size - eligible[owners]
     if len(owners) and available.min() < k:
-        raise ValueError(f"list {name}: an identity has only {available.min()} other identities to draw "
-                         f"{k} negatives from")
+        raise ListError(f"list {name}: an identity has only {available.min()} other identities to draw "
+                        f"{k} negatives from")
     drawn = np.empty((len(owners), k), np.int64)
     for c in range(k):
         redo = np.arange(len(owners))
@@ -117,7 +133,7 @@ def make_list(name: str, identities: list[Identity], voice_keys: Sequence[str], 
         others = _draw_others(rng, owners, pool_of, eligible, 1, name)[:, 0]
         columns = [query_keys, gallery.draw(rng, np.where(same, owners, others))]
     else:
-        raise ValueError(f"unknown list kind in '{name}'")
+        raise ListError(f"unknown list kind in '{name}'")
     return _join(columns)
 
 
@@ -139,24 +155,8 @@ def write_lists(list_dir: str, split: str, identities: list[Identity], voice_key
 
 
 # ---------------------------------------------------------------------------
-# Reading and checking
+# Checking
 # ---------------------------------------------------------------------------
-def read_list(path: str) -> np.ndarray | list[np.ndarray]:
-    """Rows of a list: a (lines, columns) array of keys when every line has the same number of
-    columns (matching, verification), else one array per line (retrieval)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"list {path} not found (config key dataset.list_dir)")
-    with open(path) as f:
-        lines = np.array(f.read().splitlines(), dtype=str)
-    lines = lines[np.strings.strip(lines) != ""]
-    if len(lines) == 0:
-        raise ValueError(f"list {path} is empty")
-    fields = np.strings.count(np.strings.strip(lines), " ") + 1
-    if (fields == fields[0]).all() and len(lines) > 2:
-        return np.array(" ".join(lines.tolist()).split(), dtype=str).reshape(len(lines), int(fields[0]))
-    return [np.array(line.split(), dtype=str) for line in lines.tolist()]
-
-
 def check_keys(list_path: str, rows: np.ndarray | list[np.ndarray], *stores) -> None:
     """Raise MissingKeyError naming the list, line and key of the first key no store holds.
 

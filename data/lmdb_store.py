@@ -31,8 +31,13 @@ AUDIO_STORE = "audio.lmdb"
 FACE_STORE = "face.lmdb"
 INFO_FILE = "store.json"  # build parameters and counts, next to data.mdb
 SKIPPED_FILE = "skipped.tsv"  # `source path<TAB>reason` per skipped file
+NOTES_FILE = "notes.tsv"  # `source path<TAB>note` per stored file with something to report (clipped samples)
 MAP_SIZE = 1 << 40  # address space only: the file grows with the data
 JPEG_QUALITY = 95  # when faces are re-encoded after resizing
+# Integer PCM reads as int16 exactly (its top 16 bits). Everything else (float WAV, lossy codecs) reads as
+# float in [-1, 1], which libsndfile would truncate to 0 as int16: it is scaled by 32768 instead.
+INTEGER_PCM = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
+INT16_SCALE = 32768.0
 
 
 class MissingKeyError(UserError, KeyError):
@@ -42,8 +47,15 @@ class MissingKeyError(UserError, KeyError):
         return str(self.args[0])
 
 
-class BadInput(ValueError):
-    """A raw file that cannot go into a store; the message says why."""
+class BadInput(UserError, ValueError):
+    """A raw file that cannot be used: its message names the file and says why (`reason` alone, for skipped.tsv)."""
+
+    def __init__(self, path: str, reason: str):
+        super().__init__(path, reason)
+        self.path, self.reason = path, reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 _ENVIRONMENTS: dict[str, tuple[int, int, lmdb.Environment]] = {}  # real path -> (pid, inode, env)
@@ -120,7 +132,10 @@ class LmdbStore:
 
     def read_audio(self, key: str) -> np.ndarray:
         """int16 samples (T,) of a clip."""
-        return self._read(key, lambda value: np.frombuffer(value, dtype="<i2").astype(np.int16))
+        clip = self._read(key, lambda v: None if len(v) % 2 else np.frombuffer(v, "<i2").astype(np.int16))
+        if clip is None:
+            raise ValueError(f"{self.path}: the clip '{key}' is not int16 samples (odd byte count)")
+        return clip
 
     def read_image(self, key: str) -> np.ndarray:
         """uint8 BGR image (H, W, 3)."""
@@ -131,7 +146,7 @@ class LmdbStore:
 
 
 # ---------------------------------------------------------------------------
-# Encoders: raw file -> stored bytes, or BadInput
+# Encoders: raw file -> (stored bytes, note), or BadInput
 # ---------------------------------------------------------------------------
 def _wav_truncated(data: bytes) -> bool:
     """True when a RIFF/WAVE file declares more sample bytes than it holds."""
@@ -146,55 +161,82 @@ def _wav_truncated(data: bytes) -> bool:
     return False
 
 
-def encode_audio(path: str, sample_rate: int, max_samples: int) -> bytes:
-    """First `max_samples` of channel 0, resampled to `sample_rate`, as int16 little-endian bytes."""
+def decode_audio(path: str, sample_rate: int, max_samples: int | None = None) -> tuple[np.ndarray, int]:
+    """int16 samples of channel 0 at `sample_rate` (the first `max_samples`), and how many were clipped.
+
+    Integer PCM at `sample_rate` is copied bit-exactly; float data is scaled to the int16 range and
+    resampled data rounded, and samples beyond that range are clipped and counted.
+    """
     with open(path, "rb") as f:
         data = f.read()
     if _wav_truncated(data):
-        raise BadInput("truncated WAV (the data chunk is shorter than its header says)")
+        raise BadInput(path, "truncated WAV (the data chunk is shorter than its header says)")
+    buffer = io.BytesIO(data)
     try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="int16", always_2d=True)
-    except Exception as e:  # libsndfile says why in its message
-        raise BadInput(f"unreadable audio: {e}") from None
+        with soundfile.SoundFile(buffer) as sound:
+            integer = sound.subtype in INTEGER_PCM
+            samples = sound.read(dtype="int16" if integer else "float64", always_2d=True)
+            rate = sound.samplerate
+    except Exception as e:  # libsndfile says why; its full message would name the buffer, not the file
+        why = getattr(e, "error_string", "") or str(e).replace(repr(buffer), path)
+        raise BadInput(path, f"unreadable audio: {why}") from None
     if samples.shape[0] == 0:
-        raise BadInput("zero-length clip")
+        raise BadInput(path, "zero-length clip")
     clip = samples[:, 0]  # the release takes the first channel of a multi-channel file
+    if integer and rate == sample_rate:
+        return clip[:max_samples], 0
+    scaled = clip.astype(np.float32) if integer else clip * INT16_SCALE
+    if not np.isfinite(scaled).all():
+        raise BadInput(path, f"{np.count_nonzero(~np.isfinite(scaled))} samples are NaN or infinite")
     if rate != sample_rate:
         import librosa
 
-        clip = librosa.resample(clip.astype(np.float32), orig_sr=rate, target_sr=sample_rate)
-        clip = np.clip(np.round(clip), -32768, 32767).astype(np.int16)
-        if clip.shape[0] == 0:
-            raise BadInput("zero-length clip after resampling")
-    return clip[:max_samples].astype("<i2").tobytes()
+        scaled = librosa.resample(scaled.astype(np.float32), orig_sr=rate, target_sr=sample_rate)
+        if scaled.shape[0] == 0:
+            raise BadInput(path, "zero-length clip after resampling")
+    rounded = np.round(scaled[:max_samples])
+    clipped = int(np.count_nonzero((rounded < -32768) | (rounded > 32767)))
+    return np.clip(rounded, -32768, 32767).astype(np.int16), clipped
 
 
-def encode_image(path: str, size: int | None) -> bytes:
-    """The JPEG bytes as they are, or re-encoded after a bilinear resize to size x size."""
+def encode_audio(path: str, sample_rate: int, max_samples: int) -> tuple[bytes, str]:
+    """The decoded clip (see decode_audio) as int16 little-endian bytes, and a note when samples were clipped."""
+    clip, clipped = decode_audio(path, sample_rate, max_samples)
+    note = f"clipped {clipped} of {len(clip)} samples to the int16 range" if clipped else ""
+    return clip.astype("<i2").tobytes(), note
+
+
+def encode_image(path: str, size: int | None) -> tuple[bytes, str]:
+    """The JPEG bytes as they are, or re-encoded after a bilinear resize to size x size (no note)."""
     with open(path, "rb") as f:
         data = f.read()
     if not data:
-        raise BadInput("empty image file")
+        raise BadInput(path, "empty image file")
+    buffer = io.BytesIO(data)
     try:
-        with Image.open(io.BytesIO(data)) as probe:
+        with Image.open(buffer) as probe:
             probe.load()  # raises on a truncated file, which a lenient decoder would pad silently
     except Exception as e:
-        raise BadInput(f"unreadable image: {e}") from None
+        raise BadInput(path, f"unreadable image: {str(e).replace(repr(buffer), path)}") from None
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise BadInput("unreadable image: OpenCV cannot decode it")
+        raise BadInput(path, "unreadable image: OpenCV cannot decode it")
     if size is None:
-        return data
+        return data, ""
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes(), ""
 
 
-def _encode_one(encode: Callable[[str], bytes], item: tuple[str, str]) -> tuple[str, bytes | None, str]:
+Encoder = Callable[[str], tuple[bytes, str]]  # source file -> (stored value, note or ''); raises BadInput
+
+
+def _encode_one(encode: Encoder, item: tuple[str, str]) -> tuple[str, bytes | None, str]:
+    """(key, value, note) of a stored file, or (key, None, reason) of a skipped one."""
     key, source = item
     try:
-        return key, encode(source), ""
+        return key, *encode(source)
     except BadInput as e:
-        return key, None, str(e)
+        return key, None, e.reason
     except OSError as e:
         return key, None, f"cannot read: {e.strerror or e}"
     except Exception as e:  # any other failure of a decoder is still one bad file, not a failed build
@@ -209,12 +251,14 @@ class BuildReport:
     path: str
     stored: int = 0
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source path or folder, reason)
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (source path of a stored file, note)
 
 
-def _read_skipped(path: str) -> list[tuple[str, str]]:
+def _read_tsv(path: str) -> list[tuple[str, str]]:
+    """The `source<TAB>text` rows of skipped.tsv or notes.tsv."""
     if not os.path.exists(path):
         return []
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return [tuple(line.rstrip("\n").split("\t", 1)) for line in f if "\t" in line]
 
 
@@ -235,7 +279,7 @@ def store_is_current(path: str, params: dict) -> bool:
     return _read_info(path).get("params") == params
 
 
-def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str], bytes], params: dict,
+def build_store(path: str, items: list[tuple[str, str]], encode: Encoder, params: dict,
                 skipped: Iterable[tuple[str, str]] = (), workers: int = 1, desc: str = "store",
                 commit_every: int = 512) -> BuildReport:
     """Pack `items` (key, source file) into the LMDB store `path`; resumable and atomic.
@@ -243,14 +287,16 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
     `params` (what the stored values depend on) must match for a partial build to be resumed or
     a complete store to be updated in place; a complete store holding exactly `items` is kept as
     it is. `skipped` lists inputs already known to be unusable (missing folders): they are
-    reported with the files that fail to encode.
+    reported with the files that fail to encode. The encoders' notes on stored files are printed
+    and kept in notes.tsv.
     """
     fingerprint = _fingerprint(items)
     partial_dir = path + ".partial"
     info = _read_info(path)
     if info.get("params") == params:
         if info.get("fingerprint") == fingerprint:
-            return BuildReport(path, info["stored"], _read_skipped(os.path.join(path, SKIPPED_FILE)))
+            return BuildReport(path, info["stored"], _read_tsv(os.path.join(path, SKIPPED_FILE)),
+                               _read_tsv(os.path.join(path, NOTES_FILE)))
         _release(path)
         if os.path.isdir(partial_dir):
             shutil.rmtree(partial_dir)
@@ -274,15 +320,19 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
     wanted = set(sources.values())
     skipped_file = os.path.join(partial_dir, SKIPPED_FILE)
     known_bad: dict[str, str] = {}
-    for source, reason in _read_skipped(skipped_file):
+    for source, reason in _read_tsv(skipped_file):
         if source in wanted:  # what an interrupted run already found bad
             known_bad.setdefault(source, reason)
     for source, reason in skipped:
         known_bad.setdefault(source, reason)
     for source, reason in known_bad.items():
         tqdm.write(f"{desc}: skipped {source}: {reason}")
-    with open(skipped_file, "w") as f:
-        f.writelines(f"{s}\t{r}\n" for s, r in known_bad.items())
+    with open(skipped_file, "w", encoding="utf-8") as f:
+        f.writelines(map(_tsv_row, known_bad.items()))
+    notes_file = os.path.join(partial_dir, NOTES_FILE)
+    notes = {source: note for source, note in _read_tsv(notes_file) if source in wanted}  # of stored files
+    with open(notes_file, "w", encoding="utf-8") as f:
+        f.writelines(map(_tsv_row, notes.items()))
 
     env = lmdb.open(partial_dir, map_size=MAP_SIZE, subdir=True, readahead=False, meminit=False)
     with env.begin(write=True) as txn:
@@ -299,21 +349,26 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
     results = pool.imap(encode_item, todo, chunksize=16) if pool else map(encode_item, todo)
     try:
         txn = env.begin(write=True)
-        pending = []
-        for n, (key, value, reason) in enumerate(results, start=1):
+        pending, pending_notes = [], []
+        for n, (key, value, message) in enumerate(results, start=1):
             if value is None:
-                pending.append((sources[key], reason))
-                tqdm.write(f"{desc}: skipped {sources[key]}: {reason}")
+                pending.append((sources[key], message))
+                tqdm.write(f"{desc}: skipped {sources[key]}: {message}")
             else:
                 txn.put(key.encode(), value)
+                if message:
+                    pending_notes.append((sources[key], message))
+                    tqdm.write(f"{desc}: {sources[key]}: {message}")
             if n % commit_every == 0:
                 txn.commit()  # then record this batch's skips: a crash re-examines at most one batch
-                _append_skipped(skipped_file, pending, known_bad)
-                pending = []
+                _append(skipped_file, pending, known_bad)
+                _append(notes_file, pending_notes, notes)
+                pending, pending_notes = [], []
                 txn = env.begin(write=True)
             bar.update()
         txn.commit()
-        _append_skipped(skipped_file, pending, known_bad)
+        _append(skipped_file, pending, known_bad)
+        _append(notes_file, pending_notes, notes)
     finally:
         bar.close()
         if pool:
@@ -322,10 +377,10 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
     with env.begin() as txn:
         stored = txn.stat()["entries"]
     env.close()
-    report = BuildReport(path, stored, list(known_bad.items()))
+    report = BuildReport(path, stored, list(known_bad.items()), list(notes.items()))
     with open(os.path.join(partial_dir, INFO_FILE), "w") as f:
         json.dump({"params": params, "fingerprint": fingerprint, "stored": stored,
-                   "skipped": len(known_bad)}, f, indent=1)
+                   "skipped": len(known_bad), "notes": len(notes)}, f, indent=1)
     if os.path.exists(path):
         _release(path)
         shutil.rmtree(path)  # a complete store built with other parameters
@@ -333,8 +388,15 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
     return report
 
 
-def _append_skipped(path: str, entries: list[tuple[str, str]], known: dict[str, str]) -> None:
-    with open(path, "a") as f:
-        for source, reason in entries:
-            known.setdefault(source, reason)
-            f.write(f"{source}\t{reason}\n")
+def _append(path: str, entries: list[tuple[str, str]], known: dict[str, str]) -> None:
+    """Record (source, text) rows in a .tsv file and in `known`."""
+    with open(path, "a", encoding="utf-8") as f:
+        for source, text in entries:
+            known.setdefault(source, text)
+            f.write(_tsv_row((source, text)))
+
+
+def _tsv_row(row: tuple[str, str]) -> str:
+    """`source<TAB>text` on one line, whatever characters a file name holds (tabs, newlines, undecodable bytes)."""
+    fields = [f.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r") for f in row]
+    return "\t".join(f.encode("utf-8", "backslashreplace").decode("utf-8") for f in fields) + "\n"

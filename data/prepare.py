@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from functools import partial
 
@@ -18,11 +19,14 @@ import numpy as np
 from easydict import EasyDict
 from tqdm import tqdm
 
-from data.lists import check_keys, list_names, list_path, read_list, write_lists
-from data.lmdb_store import (AUDIO_STORE, FACE_STORE, SKIPPED_FILE, LmdbStore, MissingKeyError, build_store,
-                             encode_audio, encode_image, store_is_current)
+from data.lists import check_keys, list_names, list_path, unlistable_reason, write_lists
+from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, LmdbStore, MissingKeyError,
+                             build_store, encode_audio, encode_image, store_is_current)
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
+from utils.errors import UserError
+from utils.metrics import ListError
+from utils.protocol import evaluation_lists
 
 AUDIO_EXTENSIONS = (".wav",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -43,23 +47,30 @@ def scan(root: str, folder: str, extensions: tuple[str, ...]) -> list[str] | Non
 
 
 class _Scanner:
-    """Cached scans of identity folders (the split rule and the stores both need them)."""
+    """Cached scans of identity folders (the split rule and the stores both need them).
+
+    Files whose names the lists cannot carry are left out, with the reason, in `unlisted[folder]`.
+    """
 
     def __init__(self, cfg: EasyDict):
         self.audio_dir, self.image_dir = cfg.dataset.audio_data_dir, cfg.dataset.image_data_dir
-        self._cache: dict[tuple[str, str], list[str] | None] = {}
+        self._cache: dict[str, list[str] | None] = {}
+        self.unlisted: dict[str, list[tuple[str, str]]] = {}  # identity folder -> [(file, reason)]
+
+    def _scan(self, root: str, folder: str, extensions: tuple[str, ...]) -> list[str] | None:
+        path = os.path.join(root, folder)
+        if path not in self._cache:
+            keys = scan(root, folder, extensions)
+            reasons = [unlistable_reason(k) for k in keys or ()]
+            self.unlisted[path] = [(os.path.join(root, k), r) for k, r in zip(keys or (), reasons) if r]
+            self._cache[path] = None if keys is None else [k for k, r in zip(keys, reasons) if not r]
+        return self._cache[path]
 
     def voices(self, identity: Identity) -> list[str] | None:
-        key = ("voice", identity.vox_id)
-        if key not in self._cache:
-            self._cache[key] = scan(self.audio_dir, identity.vox_id, AUDIO_EXTENSIONS)
-        return self._cache[key]
+        return self._scan(self.audio_dir, identity.vox_id, AUDIO_EXTENSIONS)
 
     def faces(self, identity: Identity) -> list[str] | None:
-        key = ("face", identity.vgg_id)
-        if key not in self._cache:
-            self._cache[key] = scan(self.image_dir, identity.vgg_id, IMAGE_EXTENSIONS)
-        return self._cache[key]
+        return self._scan(self.image_dir, identity.vgg_id, IMAGE_EXTENSIONS)
 
     def scan_all(self, identities: list[Identity]) -> None:
         for identity in tqdm(identities, desc="scanning identity folders", unit="id"):
@@ -122,6 +133,7 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
         for identity in identities:
             keys = files_of(identity)
             folder = os.path.join(root, folder_of(identity))
+            skipped += scanner.unlisted.get(folder, [])
             if keys is None:
                 skipped.append((folder, "identity folder missing"))
             elif not keys:
@@ -130,6 +142,9 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
         path = os.path.join(d.lmdb_dir, name)
         report = build_store(path, items, encode, params[name], skipped, workers, desc=name)
         note = f", {len(report.skipped)} skipped (listed in {os.path.join(path, SKIPPED_FILE)})" if report.skipped else ""
+        if report.notes:
+            note += (f", {len(report.notes)} stored with a note such as clipped samples "
+                     f"(listed in {os.path.join(path, NOTES_FILE)})")
         print(f"{name}: {report.stored} files{note}")
 
 
@@ -141,15 +156,15 @@ def make_lists(cfg: EasyDict, splits: dict[str, list[Identity]]) -> None:
     voice_keys, face_keys = np.array(voices.keys(), dtype=str), np.array(faces.keys(), dtype=str)
     for split in EVAL_SPLITS:
         identities = splits[split]
-        existing = [n for n in list_names(split, d.match_n) if os.path.exists(list_path(d.list_dir, n))]
+        existing = [t for t in evaluation_lists(split, d.match_n) if os.path.exists(list_path(d.list_dir, t.name))]
         written = write_lists(d.list_dir, split, identities, select_keys(voice_keys, identities),
                               select_keys(face_keys, identities), d.list_seed, d.match_n)
-        for name in existing:
-            path = list_path(d.list_dir, name)
+        for spec in existing:  # read as test.py reads them: a list it would reject fails here
+            path = list_path(d.list_dir, spec.name)
             try:
-                check_keys(path, read_list(path), voice_keys, face_keys)
-            except MissingKeyError as e:
-                raise MissingKeyError(f"{e}; delete the list to have data.prepare generate it") from None
+                check_keys(path, spec.read_keys(path), voice_keys, face_keys)
+            except (ListError, MissingKeyError) as e:
+                raise type(e)(f"{e}; correct the list, or delete it to have data.prepare generate it") from None
         print(f"lists {split}: {len(written)} written, {len(existing)} kept (in {d.list_dir})")
 
 
@@ -190,4 +205,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (UserError, FileNotFoundError) as error:
+        sys.exit(f"data.prepare: {error}")

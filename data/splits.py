@@ -14,9 +14,16 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from utils.config import ConfigError
+from utils.errors import UserError
+
 SPLITS = ("train", "val", "test")
 SPLIT_HEADER = ("VoxCeleb1_ID", "VGGFace1_ID", "Gender", "Nationality", "Set")
 UNUSABLE = "none"
+
+
+class SplitError(UserError, ValueError):
+    """A meta file, split CSV or split file that cannot be used: names the file, line and identity."""
 
 
 @dataclass(frozen=True)
@@ -42,19 +49,26 @@ def _rows(path: str) -> tuple[list[str], list[list[str]]]:
         f.seek(0)
         rows = [[cell.strip() for cell in row] for row in csv.reader(f, delimiter=delimiter) if row]
     if not rows:
-        raise ValueError(f"{path}: empty file")
+        raise SplitError(f"{path}: empty file")
     return rows[0], rows[1:]
 
 
 def read_meta(path: str) -> list[Identity]:
-    """Identities of a VoxCeleb1-style meta file (`VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`)."""
+    """Identities of a VoxCeleb1-style meta file (`VoxCeleb1 ID, VGGFace1 ID, Gender, Nationality, Set`).
+
+    An identity on two rows is an error: its files would belong to both, and a split to it twice.
+    """
     header, rows = _rows(path)
     if len(header) < 5:
-        raise ValueError(f"{path}: expected the columns {', '.join(SPLIT_HEADER)}, got {header}")
-    identities = []
+        raise SplitError(f"{path}: expected the columns {', '.join(SPLIT_HEADER)}, got {header}")
+    identities, line_of = [], {}
     for line, row in enumerate(rows, start=2):
         if len(row) < 5:
-            raise ValueError(f"{path}, line {line}: expected 5 columns, got {row}")
+            raise SplitError(f"{path}, line {line}: expected 5 columns, got {row}")
+        if row[0] in line_of:
+            raise SplitError(f"{path}: identity {row[0]} is on two rows, lines {line_of[row[0]]} and {line}; "
+                             "keep one")
+        line_of[row[0]] = line
         identities.append(Identity(*row[:5]))
     return identities
 
@@ -69,7 +83,7 @@ def read_split_file(path: str) -> dict[str, str]:
         if line == 1 and name not in SPLITS:
             continue  # header
         if name not in SPLITS:
-            raise ValueError(f"{path}, line {line}: split must be one of {SPLITS}, got {row}")
+            raise SplitError(f"{path}, line {line}: split must be one of {SPLITS}, got {row}")
         split_of[row[0].strip()] = name
     return split_of
 
@@ -79,13 +93,13 @@ def split_of_ranges(identities: Iterable[Identity], ranges: dict) -> dict[str, s
     bounds = {}
     for split, bound in ranges.items():
         if split not in SPLITS or len(bound) != 2:
-            raise ValueError(f"config key dataset.split_ranges.{split}: expected [first_id, last_id] of "
-                             f"one of {SPLITS}")
+            raise ConfigError(f"config key dataset.split_ranges.{split}: expected [first_id, last_id] of "
+                              f"one of {SPLITS}")
         bounds[split] = (natural_key(bound[0]), natural_key(bound[1]))
     ordered = sorted(bounds.items(), key=lambda kv: kv[1][0])
     for (a, (_, a_hi)), (b, (b_lo, _)) in zip(ordered, ordered[1:]):
         if b_lo <= a_hi:
-            raise ValueError(f"config keys dataset.split_ranges.{a} and .{b} overlap")
+            raise ConfigError(f"config keys dataset.split_ranges.{a} and .{b} overlap")
     split_of = {}
     for identity in identities:
         key = natural_key(identity.vox_id)

@@ -11,8 +11,9 @@ from easydict import EasyDict
 from helpers import DATA, ROOT
 from losses import InstanceEquilibrium
 from models import build_model
-from utils.checkpoint import (latest_checkpoint, load_checkpoint, load_pretrained_face, load_pretrained_voice,
-                              prune_checkpoints, save_checkpoint)
+from utils.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_pretrained_face,
+                              load_pretrained_voice, prune_checkpoints, save_checkpoint)
+from utils.errors import UserError
 from utils.config import load_config
 from train import rng_state, set_rng_state
 
@@ -163,6 +164,39 @@ def test_unknown_checkpoint_format_is_an_error(tmp_path):
     torch.save({"weights": torch.zeros(1)}, tmp_path / "x.pth")
     with pytest.raises(ValueError, match=r"x\.pth.*neither"):
         load_checkpoint(small_model(), str(tmp_path / "x.pth"))
+
+
+class HoldsCode:
+    """Unpickling it would call a function: what a malicious checkpoint does."""
+
+    def __reduce__(self):
+        return (os.getcwd, ())
+
+
+def unreadable_files(folder) -> dict[str, str]:
+    """{file: what its error must say} for an empty, a truncated, a random-bytes and a code-holding file."""
+    torch.save({"format": "aasm", "model": {"w": torch.zeros(1000)}}, folder / "good.pth.tar")
+    good = (folder / "good.pth.tar").read_bytes()
+    (folder / "empty.pth.tar").write_bytes(b"")
+    (folder / "truncated.pth.tar").write_bytes(good[: len(good) // 2])
+    (folder / "cut_at_the_end.pth.tar").write_bytes(good[:-10])
+    (folder / "random.pth.tar").write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save({"model": HoldsCode()}, folder / "code.pth.tar")
+    corrupt = "truncated or corrupt, not a readable checkpoint"
+    return {"empty": r"empty file \(0 bytes\)", "truncated": corrupt, "cut_at_the_end": corrupt, "random": corrupt,
+            "code": r"refused: the file holds code \(a pickled reference to posix\.getcwd\)"}
+
+
+def test_unreadable_checkpoints_are_one_line_naming_the_file(tmp_path):
+    for name, reason in unreadable_files(tmp_path).items():
+        path = str(tmp_path / f"{name}.pth.tar")
+        with pytest.raises(CheckpointError, match=rf"^{path}: {reason}") as error:
+            load_checkpoint(small_model(), path)
+        message = str(error.value)
+        assert isinstance(error.value, UserError) and "\n" not in message
+        assert "weights_only" not in message and "False" not in message  # never suggests loading code
+        with pytest.raises(CheckpointError, match=rf"^models\.face\.pretrained: {path}: {reason}"):
+            load_pretrained_face(small_model(), path)
 
 
 def test_save_checkpoint_is_atomic(tmp_path):

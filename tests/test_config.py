@@ -54,3 +54,51 @@ def test_saved_config_loads_back_identically(tmp_path):
     cfg = load_config("config/synthetic.yaml", ["training.lr=0.05"])
     save_config(cfg, str(tmp_path / "resolved.yaml"))
     assert load_config(str(tmp_path / "resolved.yaml")) == cfg
+
+
+@pytest.mark.parametrize("opt, value", [("training.lr=1e-3", 0.001), ("training.lr=1E-3", 0.001),
+                                        ("training.lr=5e0", 5.0), ("training.max_iter=1e4", 10000),
+                                        ("training.lr_steps=[1e3, 2e3]", [1000, 2000]),
+                                        ("training.crop_seconds=[1, 2]", [1.0, 2.0])])
+def test_numbers_in_any_notation_are_numbers(opt, value):
+    key, _ = opt.split("=")
+    section, name = key.split(".")
+    got = load_config("config/cfg.yaml", [opt])[section][name]
+    assert got == value and type(got) is type(value)
+    assert all(type(v) is type(value[0]) for v in got) if isinstance(value, list) else True
+
+
+def test_numbers_written_as_text_in_a_file(tmp_path):
+    path = tmp_path / "cfg.yaml"
+    path.write_text("training:\n  lr: 1e-3\n  lr_steps: [1e3, 2e3]\n")  # YAML 1.1 reads both as strings
+    t = load_config(str(path)).training
+    assert t.lr == 0.001 and t.lr_steps == [1000, 2000]
+
+
+@pytest.mark.parametrize("opt, message", [
+    ("training.batch_size=1", r"'training.batch_size' must be at least 2 \(the loss needs .*negatives\), got 1"),
+    ("training.batch_size=0", r"'training.batch_size' must be at least 2"),
+    ("training.max_iter=0", r"'training.max_iter' must be at least 1, got 0"),
+    ("training.lr=-0.01", r"'training.lr' must be above 0, got -0.01"),
+    ("training.lr=0", r"'training.lr' must be above 0"),
+    ("training.lr=nan", r"'training.lr' must be above 0, got nan"),
+    ("training.lr_steps=[9888, 6888]", r"'training.lr_steps' must be increasing"),
+    ("training.crop_seconds=[5.0, 2.5]", r"'training.crop_seconds' must be \[shortest, longest\]"),
+    ("training.crop_seconds=[2.5]", r"'training.crop_seconds' must be \[shortest, longest\]"),
+    ("training.save_iter=0", r"'training.save_iter' must be at least 1"),
+    ("training.weight_decay=-1e-4", r"'training.weight_decay' must be at least 0"),
+    ("dataset.num_workers=-1", r"'dataset.num_workers' must be at least 0"),
+    ("dataset.match_n=[2, 1]", r"'dataset.match_n' must be at least 2"),
+    ("testing.bootstrap=0", r"'testing.bootstrap' must be at least 1"),
+    ("seed=-1", r"'seed' must be at least 0"),
+    ("training.max_iter=2.5", r"'training.max_iter' expects int, got float 2.5"),
+    ("training.lr_steps=[100, x]", r"'training.lr_steps\[1\]' expects int, got str 'x'"),
+])
+def test_invalid_values_are_config_errors_naming_the_key(opt, message):
+    with pytest.raises(ConfigError, match="^--opts: config key " + message):
+        load_config("config/cfg.yaml", [opt])
+
+
+def test_invalid_value_in_a_file_names_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"cfg\.yaml: config key 'training.batch_size' must be at least 2"):
+        load_config(write(tmp_path, {"training": {"batch_size": 1}}))

@@ -5,11 +5,13 @@ import shutil
 import numpy as np
 import pytest
 
-from data.lists import check_keys, list_names, list_path, make_list, read_list
+from data.lists import check_keys, list_names, list_path, make_list
 from data.lmdb_store import MissingKeyError
 from data.prepare import prepare
 from data.splits import Identity, key_labels
 from helpers import tiny_config
+from utils.metrics import read_key_table, read_retrieval_keys
+from utils.protocol import evaluation_lists
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "metric_case")
 
@@ -98,9 +100,9 @@ def test_too_few_identities_of_a_gender(split):
 
 
 def test_read_released_lists():
-    rows = read_list(os.path.join(DATA, "match_v2f_2_test.txt"))
+    rows = read_key_table(os.path.join(DATA, "match_v2f_2_test.txt"))
     assert rows.shape == (459, 3) and rows[0, 0] == "id10000/vid0/00001.wav"
-    retrieval = read_list(os.path.join(DATA, "reterival_v2f_test.txt"))
+    retrieval = read_retrieval_keys(os.path.join(DATA, "reterival_v2f_test.txt"))
     assert len(retrieval) == 2 and len(retrieval[0]) == 153 and retrieval[1][0].endswith(".jpg")
 
 
@@ -108,12 +110,12 @@ def test_check_keys_names_list_line_and_key(tmp_path):
     path = str(tmp_path / "verify_v2f_test.txt")
     with open(path, "w") as f:
         f.write("a.wav A/1.jpg\nb.wav A/1.jpg\nb.wav B/9.jpg\n")
-    rows = read_list(path)
+    rows = read_key_table(path)
     check_keys(path, rows, ["a.wav", "b.wav"], {"A/1.jpg", "B/9.jpg"})
     with pytest.raises(MissingKeyError, match=r"verify_v2f_test.txt, line 3: key 'B/9.jpg'"):
         check_keys(path, rows, ["a.wav", "b.wav"], ["A/1.jpg"])
     with pytest.raises(KeyError):
-        check_keys(path, read_list(os.path.join(DATA, "reterival_f2v_test.txt")), ["a.wav"])
+        check_keys(path, list(read_retrieval_keys(os.path.join(DATA, "reterival_f2v_test.txt"))), ["a.wav"])
 
 
 def test_prepared_lists_cover_the_split(tiny_cfg):
@@ -121,19 +123,19 @@ def test_prepared_lists_cover_the_split(tiny_cfg):
     from data.lmdb_store import LmdbStore
 
     voices, faces = LmdbStore(os.path.join(d.lmdb_dir, "audio.lmdb")), LmdbStore(os.path.join(d.lmdb_dir, "face.lmdb"))
-    for name in list_names("val") + list_names("test"):
-        path = list_path(d.list_dir, name)
-        check_keys(path, read_list(path), voices, faces)
-    queries = read_list(list_path(d.list_dir, "reterival_v2f_test"))[0]
+    for spec in evaluation_lists("val") + evaluation_lists("test"):
+        path = list_path(d.list_dir, spec.name)
+        check_keys(path, spec.read_keys(path), voices, faces)
+    queries = read_retrieval_keys(list_path(d.list_dir, "reterival_v2f_test"))[0]
     assert {k.split("/")[0] for k in queries} == {f"id{n:05d}" for n in range(7, 12)}
-    assert set(read_list(list_path(d.list_dir, "match_v2f_2_test"))[:, 0]) == set(queries)
+    assert set(read_key_table(list_path(d.list_dir, "match_v2f_2_test"))[:, 0]) == set(queries)
 
 
 def test_prepare_keeps_existing_lists(tmp_path, tiny_cfg):
     d = tiny_cfg.dataset
     lists = tmp_path / "lists"
     shutil.copytree(d.list_dir, lists)
-    authors = read_list(list_path(d.list_dir, "match_v2f_2_test"))[::3][:, [0, 2, 1]]  # a list of their own
+    authors = read_key_table(list_path(d.list_dir, "match_v2f_2_test"))[::3][:, [0, 2, 1]]  # a list of their own
     with open(lists / "match_v2f_2_test.txt", "w") as f:
         f.write("\n".join(" ".join(r) for r in authors) + "\n")
     os.remove(lists / "verify_f2v_val.txt")

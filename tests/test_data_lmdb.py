@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import soundfile
 
-from data.lmdb_store import (AUDIO_STORE, BadInput, LmdbStore, MissingKeyError, build_store, encode_audio,
-                             encode_image)
+from data.lmdb_store import (AUDIO_STORE, NOTES_FILE, BadInput, LmdbStore, MissingKeyError, build_store,
+                             decode_audio, encode_audio, encode_image)
+from utils.errors import UserError
 from data.prepare import make_stores, _Scanner
 from data.splits import read_split, write_split
 from helpers import tiny_config
@@ -163,5 +164,84 @@ def test_missing_identity_folder_is_reported(tmp_path, tiny_root, capsys):
     assert "audio.lmdb:" in out and "2 skipped" not in out  # one per store
 
 
-def test_bad_input_is_a_value_error():
-    assert issubclass(BadInput, ValueError)
+def test_bad_input_is_a_user_error_naming_the_file(tmp_path, raw):
+    files, _ = raw
+    assert issubclass(BadInput, UserError) and issubclass(BadInput, ValueError)
+    for name in ("garbage", "truncated", "empty"):
+        with pytest.raises(BadInput) as error:
+            decode_audio(files[name], RATE)
+        assert str(error.value).startswith(files[name] + ": ") and "BytesIO" not in str(error.value)
+    with pytest.raises(BadInput, match="unreadable audio: Format not recognised") as error:
+        decode_audio(files["garbage"], RATE)
+    for name in ("garbage", "truncated"):
+        with pytest.raises(BadInput) as error:
+            encode_image(files[f"{name}.jpg"], None)
+        assert str(error.value).startswith(files[f"{name}.jpg"] + ": unreadable image")
+        assert "BytesIO" not in str(error.value)
+
+
+# Every sample width and format soundfile writes -> the int16 samples the stores must hold.
+SAMPLES = np.random.default_rng(3).integers(-32768, 32768, 4000).astype(np.int16)
+SAMPLES[:2] = (-32768, 32767)  # both ends of the range
+LOW_BITS = np.random.default_rng(4).integers(0, 1 << 16, SAMPLES.size).astype(np.int32)
+WIDE = (SAMPLES.astype(np.int32) << 16) + LOW_BITS  # the int16 samples are its top 16 bits
+FORMATS = {  # (container, subtype): (data written, expected int16)
+    ("WAV", "PCM_U8"): (SAMPLES, (SAMPLES >> 8) << 8),  # 8 bits keep the top byte
+    ("WAV", "PCM_16"): (SAMPLES, SAMPLES),
+    ("WAV", "PCM_24"): (WIDE, SAMPLES),
+    ("WAV", "PCM_32"): (WIDE, SAMPLES),
+    ("WAV", "FLOAT"): (SAMPLES.astype(np.float32) / 32768, SAMPLES),
+    ("WAV", "DOUBLE"): (SAMPLES.astype(np.float64) / 32768, SAMPLES),
+    ("FLAC", "PCM_S8"): (SAMPLES, (SAMPLES >> 8) << 8),
+    ("FLAC", "PCM_16"): (SAMPLES, SAMPLES),
+    ("FLAC", "PCM_24"): (WIDE, SAMPLES),
+}
+
+
+@pytest.mark.parametrize("container, subtype", list(FORMATS))
+def test_every_sample_format_is_stored_as_its_int16_samples(tmp_path, container, subtype):
+    data, expected = FORMATS[(container, subtype)]
+    path = str(tmp_path / f"clip.{container.lower()}")
+    soundfile.write(path, data, RATE, format=container, subtype=subtype)
+    assert soundfile.info(path).subtype == subtype
+    clip, clipped = decode_audio(path, RATE, MAX)
+    assert clip.dtype == np.int16 and clipped == 0
+    np.testing.assert_array_equal(clip, expected)
+    value, note = encode_audio(path, RATE, MAX)
+    assert np.array_equal(np.frombuffer(value, "<i2"), expected) and note == ""
+
+
+@pytest.mark.parametrize("subtype", ["FLOAT", "DOUBLE"])
+def test_float_audio_beyond_full_scale_is_clipped_and_counted(tmp_path, subtype):
+    data = np.array([0.5, 1.5, -2.0, 1.0, -1.0, 0.25], np.float64)
+    path = str(tmp_path / "loud.wav")
+    soundfile.write(path, data, RATE, subtype=subtype)
+    clip, clipped = decode_audio(path, RATE)
+    np.testing.assert_array_equal(clip, [16384, 32767, -32768, 32767, -32768, 8192])
+    assert clipped == 3  # 1.5, -2.0, and 1.0 (= 32768, one step above int16)
+    assert encode_audio(path, RATE, MAX)[1] == "clipped 3 of 6 samples to the int16 range"
+
+
+def test_float_audio_is_resampled_on_the_int16_scale(tmp_path):
+    quiet = SAMPLES // 8  # headroom: resampling overshoots a full-scale signal
+    path = str(tmp_path / "8k.wav")
+    soundfile.write(path, quiet.astype(np.float32) / 32768, 8000, subtype="FLOAT")
+    clip, clipped = decode_audio(path, RATE)
+    expected = librosa.resample(quiet.astype(np.float32), orig_sr=8000, target_sr=RATE)
+    assert clipped == 0 and len(clip) == 2 * len(quiet)
+    assert np.abs(clip - np.round(expected)).max() <= 1
+
+
+def test_clipped_clips_are_stored_and_noted(tmp_path, raw):
+    files, clips = raw
+    loud = str(tmp_path / "loud.wav")
+    soundfile.write(loud, np.array([0.5, 3.0, -3.0, 0.0] * 100), RATE, subtype="FLOAT")
+    items = [("id1/v/short.wav", files["short"]), ("id1/v/loud.wav", loud)]
+    path = str(tmp_path / AUDIO_STORE)
+    report = build_store(path, items, partial(encode_audio, sample_rate=RATE, max_samples=MAX), AUDIO_PARAMS)
+    assert report.stored == 2 and not report.skipped
+    assert report.notes == [(loud, "clipped 200 of 400 samples to the int16 range")]
+    assert open(os.path.join(path, NOTES_FILE)).read() == f"{loud}\tclipped 200 of 400 samples to the int16 range\n"
+    assert LmdbStore(path).read_audio("id1/v/loud.wav")[:4].tolist() == [16384, 32767, -32768, 0]
+    again = build_store(path, items, partial(encode_audio, sample_rate=RATE, max_samples=MAX), AUDIO_PARAMS)
+    assert again.notes == report.notes  # a complete store reports its notes without re-reading the files

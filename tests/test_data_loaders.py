@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader
 
 from data.datasets import (BORDER, EvalDataset, TrainDataset, as_float, augment_faces, crop_at, pick_two,
                            rotate_expanded, tile_clip, train_loader)
-from data.lists import list_path, read_list
+from data.lists import list_path
+from utils.metrics import read_retrieval_keys
 from data.lmdb_store import MissingKeyError
 from helpers import tiny_config
 
@@ -36,7 +37,7 @@ def test_training_item(train_set):
 
 
 def test_faces_are_bgr_of_the_stored_image(tiny_cfg):
-    key = read_list(list_path(tiny_cfg.dataset.list_dir, "reterival_f2v_test"))[0][0]
+    key = read_retrieval_keys(list_path(tiny_cfg.dataset.list_dir, "reterival_f2v_test"))[0][0]
     _, face = EvalDataset(tiny_cfg, [key], "face")[0]
     stored = EvalDataset(tiny_cfg, [key], "face").store.read_image(key)
     assert face.shape == (3, 112, 112) and torch.equal(face, torch.from_numpy(stored).permute(2, 0, 1))
@@ -46,7 +47,7 @@ def test_faces_are_bgr_of_the_stored_image(tiny_cfg):
 
 
 def test_eval_voice_is_full_tiled_clip(tiny_cfg):
-    key = read_list(list_path(tiny_cfg.dataset.list_dir, "reterival_v2f_val"))[0][1]
+    key = read_retrieval_keys(list_path(tiny_cfg.dataset.list_dir, "reterival_v2f_val"))[0][1]
     dataset = EvalDataset(tiny_cfg, [key], "voice")
     name, voice = dataset[0]
     clip = dataset.store.read_audio(key)
@@ -129,7 +130,7 @@ def test_multi_worker_loading_gives_the_same_batches(tiny_cfg):
         assert voice.shape[1] != voice_aux.shape[1]
     single = first_batches(tiny_cfg)
     assert all(torch.equal(x, y) for a, b in zip(batches, single) for x, y in zip(a, b))
-    keys = read_list(list_path(cfg.dataset.list_dir, "reterival_v2f_test"))[0].tolist()
+    keys = read_retrieval_keys(list_path(cfg.dataset.list_dir, "reterival_v2f_test"))[0].tolist()
     eval_loader = DataLoader(EvalDataset(cfg, keys, "voice"), batch_size=4, num_workers=2)
     names = [n for batch_names, _ in eval_loader for n in batch_names]
     assert names == keys

@@ -175,7 +175,7 @@ def test_list_errors_name_list_line_and_file(tmp_path):
         metrics.read_list(write(tmp_path / "empty.txt", "\n \n"), name2row)
     with pytest.raises(metrics.ListError, match=r"ragged\.txt, line 3: malformed, expected 3 .* found 2"):
         metrics.read_list(write(tmp_path / "ragged.txt", "a.wav b.jpg c.jpg\n" * 2 + "a.wav b.jpg\n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"gap\.txt, line 2: malformed, expected 3 .* found 0"):
+    with pytest.raises(metrics.ListError, match=r"gap\.txt, line 2: blank line inside the list"):
         metrics.read_list(write(tmp_path / "gap.txt", "a.wav b.jpg c.jpg\n\na.wav b.jpg c.jpg\n"), name2row)
     with pytest.raises(metrics.ListError, match=r"pairs\.txt, line 1: malformed, expected 2 .* found 3"):
         metrics.read_list(write(tmp_path / "pairs.txt", "a.wav b.jpg c.jpg\n"), name2row, max_columns=2)
@@ -191,5 +191,7 @@ def test_retrieval_list_reading_and_errors(tmp_path):
         metrics.read_retrieval_list(write(tmp_path / "r2.txt", "a.wav\nb.jpg x.jpg\n"), name2row)
     with pytest.raises(metrics.ListError, match=r"r3\.txt: malformed, .* 2 lines .* found 3"):
         metrics.read_retrieval_list(write(tmp_path / "r3.txt", "a.wav\nb.jpg\nc.jpg\n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"r4\.txt, line 1: malformed, the line is empty"):
+    with pytest.raises(metrics.ListError, match=r"r4\.txt, line 1: blank line inside the list"):
         metrics.read_retrieval_list(write(tmp_path / "r4.txt", "\nb.jpg\n"), name2row)
+    with pytest.raises(metrics.ListError, match=r"r5\.txt, line 2: blank line inside the list"):
+        metrics.read_retrieval_keys(write(tmp_path / "r5.txt", "a.wav\n  \nb.jpg\n"))

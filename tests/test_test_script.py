@@ -1,4 +1,5 @@
 """test.py, utils.protocol, utils.features: features files, table routing and format, outputs, feature cache, errors."""
+import hashlib
 import importlib.util
 import json
 import os
@@ -201,7 +202,8 @@ def test_cache_round_trip_in_the_released_format(cache_setup):
     assert data["name2gender"]["id10000/vid0/00001.wav"] == "f" and set(data["name2feat"]) == keys
     features = script.reusable_cache(path, source, keys)
     np.testing.assert_array_equal(features.embeddings, embeddings.numpy())
-    assert source["checkpoint_size"] == len(b"weights") and source["config"]["models"]["embedding_dim"] == 128
+    assert source["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
+    assert source["config"]["models"]["embedding_dim"] == 128
 
 
 def test_cache_made_by_another_checkpoint_or_config_is_not_reused(cache_setup, capsys):
@@ -209,10 +211,13 @@ def test_cache_made_by_another_checkpoint_or_config_is_not_reused(cache_setup, c
     assert script.reusable_cache(path, source, keys) is not None
     assert "reusing" in capsys.readouterr().out
 
-    checkpoint.write_bytes(b"other weights")  # retrained: size and time change
+    stat = os.stat(checkpoint)
+    checkpoint.write_bytes(b"WEIGHTS")  # retrained: other bytes of the same size ...
+    os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and the same time
     assert script.reusable_cache(path, script.provenance(cfg, str(checkpoint)), keys) is None
     message = capsys.readouterr().out
-    assert f"extracted by {checkpoint}" in message and "checkpoint_size" in message and "extracting again" in message
+    assert f"extracted by {checkpoint}" in message and "checkpoint_sha256" in message and "extracting again" in message
+    checkpoint.write_bytes(b"weights")
 
     changed = load_config(CONFIG, [f"output_dir={checkpoint.parent}", "models.embedding_dim=64"])
     assert script.reusable_cache(path, script.provenance(changed, str(checkpoint)), keys) is None
@@ -237,11 +242,17 @@ def test_model_path_reuses_the_cache_only_for_its_checkpoint(cache_setup, monkey
         return as_arrays(torch.load(REFERENCE, weights_only=True), REFERENCE)
 
     monkeypatch.setattr(script, "extract_features", fake_extract)
+    monkeypatch.setattr(script, "check_stores", lambda cfg, lists, keys: None)  # these lists have no stores
     features = script.model_features(cfg, lists, str(checkpoint))
     assert not extracted
     np.testing.assert_array_equal(features.embeddings, embeddings.numpy())
 
-    os.utime(checkpoint, (0, 0))  # same bytes, another time: another checkpoint file
+    os.utime(checkpoint, (0, 0))  # same bytes, another time: the same model
+    copy = checkpoint.parent / "copy.pth.tar"
+    shutil.copy(checkpoint, copy)  # or elsewhere
+    script.model_features(cfg, lists, str(copy))
+    assert not extracted
+    checkpoint.write_bytes(b"weightz")  # other bytes, same size
     script.model_features(cfg, lists, str(checkpoint))
     assert len(extracted) == 1
     _, voices, faces = extracted[0]  # every file the lists name, routed by modality
@@ -273,3 +284,13 @@ def test_model_end_to_end_on_the_synthetic_corpus(tmp_path, capsys):
     again = script.main(["--cfg", CONFIG] + opts)
     assert "reusing the features" in capsys.readouterr().out
     assert [r.value for r in again] == [r.value for r in results]
+
+
+def test_results_are_written_with_the_users_umask(tmp_path):
+    previous = os.umask(0o027)
+    try:
+        run(tmp_path)
+    finally:
+        os.umask(previous)
+    for name in ("results_test.txt", "results_test.json", "results_test_roc.png"):
+        assert os.stat(tmp_path / "synthetic" / name).st_mode & 0o777 == 0o640, name

@@ -15,6 +15,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import pickle
 import re
 import tempfile
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 
 from models.face import InputNormalization
+from utils.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +151,30 @@ def _load_entries(module: nn.Module, entries: dict[str, torch.Tensor], required:
     module.load_state_dict({k: _fit(v, own[k], k, path) for k, v in entries.items()}, strict=False)
 
 
+class CheckpointError(UserError, ValueError):
+    """A checkpoint file that cannot be read: empty, truncated, corrupt, or refused because it holds code."""
+
+
 def _read(path: str, config_key: str | None = None) -> dict:
+    """torch.load with weights_only; every way a file can fail is one line naming it (and its config key)."""
+    where = f"{config_key}: " if config_key else ""
     if not os.path.isfile(path):
-        where = f"{config_key}: " if config_key else ""
         raise FileNotFoundError(f"{where}checkpoint file not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"{where}{path}: empty file (0 bytes), not a checkpoint")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise CheckpointError(f"{where}{path}: cannot read: {e.strerror}") from None
+    except Exception as e:  # torch's messages name neither the file nor, for pickles, what was refused
+        code = re.search(r"GLOBAL (\S+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and code:
+            raise CheckpointError(f"{where}{path}: refused: the file holds code (a pickled reference to "
+                                  f"{code.group(1)}); checkpoints are loaded as tensors and plain data only") from None
+        boilerplate = ("Weights only load failed", "Please file an issue", "Check the documentation")
+        lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith(boilerplate)]
+        detail = f"{type(e).__name__}: {lines[0].split('. ')[0]}" if lines else type(e).__name__
+        raise CheckpointError(f"{where}{path}: truncated or corrupt, not a readable checkpoint ({detail})") from None
 
 
 def _load_released(model: nn.Module, state_dict: dict[str, torch.Tensor], equilibrium: nn.Module | None,

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import copy
 import difflib
-from typing import Any, Iterable
+import math
+from typing import Any, Callable, Iterable
 
 import yaml
 from easydict import EasyDict
@@ -123,8 +124,74 @@ CHOICES: dict[str, tuple] = {
 }
 
 
+
+def _numbers(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def _at_least(low: int | float, why: str = "") -> tuple[Callable[[Any], bool], str]:
+    """The rule 'every number of the value is >= low' (a list's bound holds for each element)."""
+    return (lambda value: all(x >= low for x in _numbers(value)), f"at least {low}{why}")
+
+
+def _above_zero(value: Any) -> bool:
+    return all(x > 0 for x in _numbers(value))
+
+
+def _increasing(value: list) -> bool:
+    return all(a < b for a, b in zip(value, value[1:]))
+
+
+# What the numbers of a config must satisfy beyond their type: (test, what the message says it must be).
+# NaN fails every test.
+RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": _at_least(0),  # numpy seeds are non-negative
+    "dataset.list_seed": _at_least(0),
+    "dataset.match_n": _at_least(2, " (a 1:N list has a positive and N - 1 negatives)"),
+    "dataset.image_size": _at_least(1),
+    "dataset.store_image_size": _at_least(1),
+    "dataset.sample_rate": _at_least(1),
+    "dataset.clip_seconds": (_above_zero, "above 0"),
+    "dataset.num_workers": _at_least(0),
+    "dataset.synthetic.identities": _at_least(1),
+    "dataset.synthetic.seed": _at_least(0),
+    "models.embedding_dim": _at_least(1),
+    "models.face.units": _at_least(1),
+    "models.face.widths": _at_least(1),
+    "models.face.head_hidden": _at_least(1),
+    "models.voice.layers": _at_least(1),
+    "models.voice.filters": _at_least(1),
+    "models.voice.n_mels": _at_least(1),
+    "models.voice.head_hidden": _at_least(1),
+    "training.batch_size": _at_least(2, " (the loss needs the batch's other identities as negatives)"),
+    "training.max_iter": _at_least(1),
+    "training.lr": (_above_zero, "above 0"),
+    "training.momentum": _at_least(0),
+    "training.weight_decay": _at_least(0),
+    "training.lr_steps": (lambda v: _increasing(v) and all(x >= 1 for x in v),
+                          "increasing iterations, each at least 1"),
+    "training.lr_gamma": (_above_zero, "above 0"),
+    "training.crop_seconds": (lambda v: len(v) == 2 and 0 < v[0] < v[1],
+                              "[shortest, longest] in seconds, 0 < shortest < longest"),
+    "training.temp": (_above_zero, "above 0"),
+    "training.regauge_iter": _at_least(0),
+    "training.regauge_weight": _at_least(0),
+    "training.warm_up": _at_least(0),
+    "training.weight_update_iter": _at_least(1),
+    "training.val_start": _at_least(0),
+    "training.val_iter": _at_least(1),
+    "training.save_iter": _at_least(1),
+    "training.keep_last": _at_least(0),
+    "training.plateau_patience": _at_least(0),
+    "training.log_iter": _at_least(1),
+    "testing.batch_size": _at_least(1),
+    "testing.bootstrap": _at_least(1),
+    "testing.ci_seed": _at_least(0),
+}
+
+
 class ConfigError(UserError, ValueError):
-    """A config key is unknown or has a value of the wrong type."""
+    """A config key is unknown or has a value of the wrong type or out of its range."""
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -142,14 +209,24 @@ def _unknown_key(key: str, source: str) -> ConfigError:
     return ConfigError(f"{source}: unknown config key '{key}'{hint}")
 
 
-def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
-    expected = NULLABLE_TYPES.get(key, type(default) if default is not None else None)
-    if value is None:
-        if default is None or key in NULLABLE_TYPES:
-            return None
-        raise ConfigError(f"{source}: config key '{key}' may not be null (expected {expected.__name__})")
-    if expected is None:
+def _as_number(value: Any, expected: type) -> Any:
+    """A number written as text (YAML 1.1 reads `1e-3` as a string) as `expected`; other values unchanged."""
+    if expected not in (int, float) or not isinstance(value, str):
         return value
+    text = value.strip()
+    try:
+        return expected(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)  # `1e4` for an integer key
+    except ValueError:
+        return value
+    return int(number) if expected is int and math.isfinite(number) and number.is_integer() else value
+
+
+def _check_type(key: str, value: Any, expected: type, source: str) -> Any:
+    value = _as_number(value, expected)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is bool and not isinstance(value, bool):
@@ -160,8 +237,25 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
         raise ConfigError(
             f"{source}: config key '{key}' expects {expected.__name__}, got {type(value).__name__} {value!r}"
         )
+    return value
+
+
+def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
+    expected = NULLABLE_TYPES.get(key, type(default) if default is not None else None)
+    if value is None:
+        if default is None or key in NULLABLE_TYPES:
+            return None
+        raise ConfigError(f"{source}: config key '{key}' may not be null (expected {expected.__name__})")
+    if expected is None:
+        return value
+    value = _check_type(key, value, expected, source)
+    if expected is list and default and isinstance(default[0], (int, float)):  # a list of numbers
+        value = [_check_type(f"{key}[{i}]", v, type(default[0]), source) for i, v in enumerate(value)]
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{source}: config key '{key}' must be one of {CHOICES[key]}, got {value!r}")
+    test, rule = RULES.get(key, (None, ""))
+    if test is not None and not test(value):
+        raise ConfigError(f"{source}: config key '{key}' must be {rule}, got {value!r}")
     return value
 
 

@@ -1,9 +1,9 @@
 """Evaluation metrics of the voice-face protocol (PROTOCOL.md "Metrics"), vectorised.
 
-Score = cosine similarity. Lists are read once into integer rows of an
-embedding matrix (`read_list`, `read_retrieval_list`); every metric then works
-on whole arrays: no loop over list lines or queries. Values are fractions
-(the table multiplies by 100).
+Score = cosine similarity. This is the one reader of list files: `read_key_table` and
+`read_retrieval_keys` give their keys (data.prepare checks lists with them), `read_list` and
+`read_retrieval_list` integer rows of an embedding matrix; every metric then works on whole
+arrays: no loop over list lines or queries. Values are fractions (the table multiplies by 100).
 """
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class ListError(UserError, ValueError):
 # ---------------------------------------------------------------- list files
 
 def _read_lines(path: str) -> tuple[str, list[str]]:
+    """The text and lines of a list, trailing blank lines dropped."""
     try:
         with open(path) as f:
             text = f.read()
@@ -35,6 +36,13 @@ def _read_lines(path: str) -> tuple[str, list[str]]:
     if not lines:
         raise ListError(f"{path}: the list is empty")
     return text, lines
+
+
+def _no_blank_lines(path: str, counts: np.ndarray) -> None:
+    """A blank line before the end of a list (paths per line `counts`) is an error naming it."""
+    blank = np.flatnonzero(counts == 0)
+    if blank.size:
+        raise ListError(f"{path}, line {blank[0] + 1}: blank line inside the list ({blank.size} in all)")
 
 
 def _rows_of(tokens: list[str], name2row: Mapping[str, int], path: str, line_of) -> np.ndarray:
@@ -52,6 +60,7 @@ def _table(path: str, min_columns: int, max_columns: int | None) -> tuple[list[s
     """Paths of a matching/verification list, with its (lines, columns); every line has the same length."""
     text, lines = _read_lines(path)
     counts = np.fromiter(map(len, map(str.split, lines)), np.int64, len(lines))
+    _no_blank_lines(path, counts)
     columns = int(np.clip(counts[0], min_columns, max_columns))
     bad = np.flatnonzero(counts != columns)
     if bad.size:
@@ -59,6 +68,12 @@ def _table(path: str, min_columns: int, max_columns: int | None) -> tuple[list[s
         raise ListError(f"{path}, line {line + 1}: malformed, expected {columns} space-separated paths, "
                         f"found {counts[line]}")
     return text.split(), len(lines), columns
+
+
+def read_key_table(path: str, min_columns: int = 2, max_columns: int | None = None) -> np.ndarray:
+    """Keys of a matching or verification list: (lines, columns) strings, column 0 the queries."""
+    tokens, lines, columns = _table(path, min_columns, max_columns)
+    return np.array(tokens, dtype=str).reshape(lines, columns)
 
 
 def read_list(path: str, name2row: Mapping[str, int], min_columns: int = 2,
@@ -70,13 +85,16 @@ def read_list(path: str, name2row: Mapping[str, int], min_columns: int = 2,
 
 def _retrieval_lines(path: str) -> tuple[list[str], list[str]]:
     _, lines = _read_lines(path)
+    _no_blank_lines(path, np.array([len(line.split()) for line in lines]))  # two lines: no loop worth avoiding
     if len(lines) != 2:
         raise ListError(f"{path}: malformed, a retrieval list has 2 lines (queries, gallery), found {len(lines)}")
-    queries, gallery = lines[0].split(), lines[1].split()
-    for number, line in ((1, queries), (2, gallery)):
-        if not line:
-            raise ListError(f"{path}, line {number}: malformed, the line is empty")
-    return queries, gallery
+    return lines[0].split(), lines[1].split()
+
+
+def read_retrieval_keys(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Keys of a retrieval list: (queries of line 1, gallery of line 2)."""
+    queries, gallery = _retrieval_lines(path)
+    return np.array(queries, dtype=str), np.array(gallery, dtype=str)
 
 
 def read_retrieval_list(path: str, name2row: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:

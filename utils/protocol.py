@@ -43,6 +43,17 @@ class ListSpec:
             return f"verify_{g}{self.direction}_{self.split}"
         return f"reterival_{self.direction}_{self.split}"  # the released spelling
 
+    @property
+    def columns(self) -> int | None:
+        """Paths per line: the query and its candidates (None for retrieval: two lines)."""
+        return {"matching": self.candidates + 1, "verification": 2}.get(self.task)
+
+    def read_keys(self, path: str) -> np.ndarray | list[np.ndarray]:
+        """The list's keys as evaluation reads them: a (lines, columns) table, or [queries, gallery]."""
+        if self.task == "retrieval":
+            return list(metrics.read_retrieval_keys(path))
+        return metrics.read_key_table(path, self.columns, self.columns)
+
 
 def evaluation_lists(split: str, match_n: list[int] = (2,), list_dir: str | None = None) -> list[ListSpec]:
     """The ten lists of the table, plus the 1:N matching lists (N ≠ 2) present in list_dir."""
@@ -78,8 +89,7 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
         interval = metrics.percentile_interval(metrics.bootstrap_mean(precisions, bootstrap, rng))
         return Result(spec, float(precisions.mean()), interval, len(precisions))
     matching = spec.task == "matching"
-    rows = metrics.read_list(path, features.name2row, min_columns=3 if matching else 2,
-                             max_columns=None if matching else 2)
+    rows = metrics.read_list(path, features.name2row, spec.columns, spec.columns)
     scores = metrics.line_scores(features.unit, rows)
     if matching:
         correct = int(metrics.matching_correct(scores).sum())
