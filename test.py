@@ -23,6 +23,8 @@ import numpy as np
 import torch
 
 from data.lists import list_path
+from data.lmdb_store import AUDIO_STORE, FACE_STORE
+from data.provenance import store_summary
 from utils import metrics
 from utils.config import config_to_dict, load_config, run_dir
 from utils.distributed import device_of
@@ -53,6 +55,7 @@ def provenance(cfg, checkpoint: str) -> dict:
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_size": stat.st_size,
         "checkpoint_mtime": datetime.datetime.fromtimestamp(stat.st_mtime).isoformat(),
+        "stores": {name: store_summary(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)},
         "config": {"split": cfg.testing.split, "models": config_to_dict(cfg.models),
                    "dataset": {k: cfg.dataset[k] for k in ("lmdb_dir", "image_size", "store_image_size",
                                                            "sample_rate", "clip_seconds")}},
@@ -104,6 +107,18 @@ def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
     return labels, [identities[i].gender for i in labels]
 
 
+def store_keys(cfg, files: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The store key of every list key, by modality (data/layout.py: either name form resolves)."""
+    from data.layout import resolve_keys
+    from data.lmdb_store import LmdbStore
+    from data.splits import read_split
+
+    identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
+    stores = {"voice": AUDIO_STORE, "face": FACE_STORE}
+    return {m: resolve_keys(keys, LmdbStore(os.path.join(cfg.dataset.lmdb_dir, stores[m])).keys(),
+                            identities).tolist() for m, keys in files.items()}
+
+
 def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: dict, path: str) -> Features:
     """Embed `files` (by modality) with the checkpoint's model; cache them at `path`."""
     from models import build_model
@@ -116,7 +131,8 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     model = build_model(cfg.models)
     load_checkpoint(model, checkpoint)
     model.to(device).eval()
-    embeddings = torch.cat([embed(model, cfg, files[m], m, device) for m in ("voice", "face")])
+    stored = store_keys(cfg, files)  # the lists' keys, or their other name form where the store has that
+    embeddings = torch.cat([embed(model, cfg, stored[m], m, device) for m in ("voice", "face")])
     save_features_file(path, keys, embeddings, ids, genders, source)
     print(f"features of {len(keys)} files saved to {path}")
     return Features(dict(zip(keys, range(len(keys)))), embeddings.numpy(), np.array(ids, np.int64), source)
