@@ -24,10 +24,15 @@ def store_name(identity: Identity, modality: str) -> str:
     return identity.vox_id if modality == VOICE else identity.vgg_id
 
 
+def other_name(identity: Identity, modality: str) -> str:
+    """The identity's name a folder of this modality may also have."""
+    return identity.vgg_id if modality == VOICE else identity.vox_id
+
+
 def identity_folder(root: str, identity: Identity, modality: str) -> str | None:
     """The name of the identity's folder under root: the store's form first, then the other name."""
-    other = identity.vgg_id if modality == VOICE else identity.vox_id
-    return next((n for n in (store_name(identity, modality), other) if os.path.isdir(os.path.join(root, n))), None)
+    names = (store_name(identity, modality), other_name(identity, modality))
+    return next((n for n in names if os.path.isdir(os.path.join(root, n))), None)
 
 
 def as_store_keys(disk_keys: Sequence[str], folder: str, identity: Identity, modality: str) -> list[str]:

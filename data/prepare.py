@@ -22,7 +22,7 @@ import numpy as np
 from easydict import EasyDict
 from tqdm import tqdm
 
-from data.layout import FACE, VOICE, as_store_keys, identity_folder, resolve_keys
+from data.layout import FACE, VOICE, as_store_keys, identity_folder, other_name, resolve_keys, store_name
 from data.lists import check_keys, list_names, list_path, read_list, write_lists
 from data.lmdb_store import (AUDIO_STORE, FACE_STORE, SKIPPED_FILE, LmdbStore, MissingKeyError, build_store,
                              encode_audio, encode_image, store_is_current)
@@ -134,8 +134,8 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
         for identity in identities:
             folder, keys = scanner.found(identity, modality)
             if keys is None:
-                skipped.append((os.path.join(root, f"{identity.vox_id} (or {identity.vgg_id})"),
-                                "identity folder missing"))
+                skipped.append((os.path.join(root, store_name(identity, modality)),
+                                f"identity folder missing (nor is there {other_name(identity, modality)})"))
             elif not keys:
                 skipped.append((os.path.join(root, folder), "identity folder holds no usable file"))
             else:
