@@ -5,9 +5,9 @@
 Generates noise WAVs (16 kHz mono, 4–20 s) and small JPEGs in the VoxCeleb1 / VGG_ALL_FRONTAL layouts:
 the test split's 189 usable identities with 21,850 clips and 20,076 images in all, and the train and
 val identities (924 and 112 usable; 26 identities in all without a face folder, as in the real split)
-with `--others` times the test split's files per identity. Then times `python -m data.prepare
---splits test` and, on fresh lists and stores, the full `python -m data.prepare`, and prints the
-time and store size of each. The corpus is deleted at the end unless --keep.
+with `--others` times the test split's files per identity. Then times `python -m data.prepare --check
+--splits test`, `--splits test` and, on fresh lists and stores, the full `python -m data.prepare`, and
+prints the time and store size of each. The corpus is deleted at the end unless --keep.
 """
 from __future__ import annotations
 
@@ -79,16 +79,16 @@ def _size(path: str) -> int:
     return sum(os.path.getsize(os.path.join(here, f)) for here, _, files in os.walk(path) for f in files)
 
 
-def prepare(out: str, splits: str | None) -> tuple[float, int]:
-    """Seconds and store bytes of one `data.prepare` run from nothing."""
+def prepare(out: str, *args: str) -> tuple[float, int]:
+    """Seconds and store bytes of one `data.prepare` run (with `args`) from nothing."""
     for folder in ("lists", "lmdb"):
         shutil.rmtree(os.path.join(out, folder), ignore_errors=True)
     opts = [f"dataset.audio_data_dir={out}/wav", f"dataset.image_data_dir={out}/VGG_ALL_FRONTAL",
             f"dataset.meta_file={out}/vox1_meta.csv", f"dataset.list_dir={out}/lists", f"dataset.lmdb_dir={out}/lmdb"]
-    command = [sys.executable, "-m", "data.prepare", "--cfg", os.path.join(ROOT, "config", "cfg.yaml")]
-    command += (["--splits", splits] if splits else []) + ["--opts", *opts]
+    command = [sys.executable, "-m", "data.prepare", "--cfg", os.path.join(ROOT, "config", "cfg.yaml"), *args]
     start = time.time()
-    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command + ["--opts", *opts], cwd=ROOT, check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
     return time.time() - start, _size(os.path.join(out, "lmdb"))
 
 
@@ -106,10 +106,9 @@ def main() -> None:
           f"{_size(os.path.join(args.out, 'VGG_ALL_FRONTAL')) / 1e9:.2f} GB of JPEGs, "
           f"generated in {time.time() - start:.0f} s on {workers} cores")
     try:
-        for splits in ("test", None):
-            seconds, size = prepare(args.out, splits)
-            print(f"data.prepare {'--splits ' + splits if splits else '(all splits)'}: {seconds:.0f} s, "
-                  f"stores {size / 1e9:.2f} GB")
+        for run in (["--check", "--splits", "test"], ["--splits", "test"], []):
+            seconds, size = prepare(args.out, *run)
+            print(f"data.prepare {' '.join(run) or '(all splits)'}: {seconds:.0f} s, stores {size / 1e9:.2f} GB")
     finally:
         if not args.keep:
             shutil.rmtree(args.out, ignore_errors=True)

@@ -51,23 +51,21 @@ def probe_image(path: str) -> str:
     return ""
 
 
-def _split_identities(cfg: EasyDict, scanner: _Scanner, problems: list[str]) -> dict[str, list[Identity]]:
+def _split_identities(cfg: EasyDict, splits: tuple[str, ...], scanner: _Scanner, problems: list[str]
+                      ) -> dict[str, list[Identity]]:
     """Every identity of each split with its Set (`none` when it lacks data): the CSV when it exists,
     else what data.prepare would write."""
     d = cfg.dataset
-    found, split_of = {}, None
-    for split in SPLITS:
-        if os.path.exists(split_path(d.list_dir, split)):
-            found[split] = read_meta(split_path(d.list_dir, split))
-    if len(found) < len(SPLITS):
+    found = {s: read_meta(split_path(d.list_dir, s)) for s in splits if os.path.exists(split_path(d.list_dir, s))}
+    if len(found) < len(splits):
         if not d.meta_file or not os.path.isfile(d.meta_file):
             problems.append(f"config key dataset.meta_file: '{d.meta_file}' not found (needed to write the split CSVs)")
-            return {s: found.get(s, []) for s in SPLITS}
+            return {s: found.get(s, []) for s in splits}
         meta = read_meta(d.meta_file)
         split_of = read_split_file(d.split_file) if d.split_file else split_of_ranges(meta, d.split_ranges)
-        split_of = {v: s for v, s in split_of.items() if s not in found}
+        split_of = {v: s for v, s in split_of.items() if s in splits and s not in found}
         computed = assign_splits(meta, split_of, lambda i: bool(scanner.faces(i)) and bool(scanner.voices(i)))
-        found.update({s: computed[s] for s in SPLITS if s not in found})
+        found.update({s: computed[s] for s in splits if s not in found})
     return found
 
 
@@ -172,7 +170,7 @@ def check(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> bool:
         print("\n".join(f"MISSING {p}" for p in problems))
         return False
     scanner = _Scanner(cfg)
-    identities = _split_identities(cfg, scanner, problems)
+    identities = _split_identities(cfg, splits, scanner, problems)
     workers = min(len(os.sched_getaffinity(0)), 8)
     counts, queries = {}, {}
     for split in splits:
