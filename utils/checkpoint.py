@@ -114,7 +114,7 @@ FACE_LAYOUTS = ("face.evoLVe IR backbone (input_layer.*, body.*, output_layer.*)
 VOICE_LAYOUTS = ("voxceleb_trainer SpeakerNet (__S__.*, __L__.*)",
                  "the same in {'model_state_dict', 'optimizer_state_dict', ...} or {'model': ...}",
                  "plain ResNetSE34L keys (conv1.*, layer1.*, ..., sap_linear.*, attention)")
-ALL_WRAPPERS_NOTE = "any of them with the 'module.' prefix of DataParallel / DDP on every key"
+DATA_PARALLEL_NOTE = "any of them with the 'module.' prefix of DataParallel / DDP on every key"
 
 
 class CheckpointLayoutError(UserError, ValueError):
@@ -124,7 +124,7 @@ class CheckpointLayoutError(UserError, ValueError):
 def _layout_error(path: str, found: list, accepted: tuple[str, ...], shown: int = 5) -> CheckpointLayoutError:
     keys = ", ".join(map(str, found[:shown])) + (f", ... ({len(found)} in all)" if len(found) > shown else "")
     return CheckpointLayoutError(f"{path}: none of the accepted checkpoint layouts: {'; '.join(accepted)}; "
-                                 f"{ALL_WRAPPERS_NOTE}; keys found: {keys or 'none'}")
+                                 f"{DATA_PARALLEL_NOTE}; keys found: {keys or 'none'}")
 
 
 def _strip_data_parallel(state_dict: dict) -> tuple[dict, bool]:
