@@ -15,7 +15,6 @@ embeddings, and PNG plots (ROC curves, score histograms).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import sys
 
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 
 from data.lists import check_keys, list_path
+from data.lmdb_store import AUDIO_STORE, FACE_STORE
+from data.provenance import file_digest, store_summary
 from utils import metrics
 from utils.config import config_to_dict, load_config, run_dir
 from utils.distributed import device_of
@@ -46,11 +47,6 @@ def checkpoint_of(cfg) -> str:
     return path
 
 
-def file_sha256(path: str) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()  # streamed: a checkpoint may be gigabytes
-
-
 def provenance(cfg, checkpoint: str) -> dict:
     """What embeddings depend on: the checkpoint's content (sha256) and the config of model and inputs.
 
@@ -58,7 +54,8 @@ def provenance(cfg, checkpoint: str) -> dict:
     """
     return {
         "checkpoint": os.path.abspath(checkpoint),
-        "checkpoint_sha256": file_sha256(checkpoint),
+        "checkpoint_sha256": file_digest(checkpoint)[1],  # content, not size and time
+        "stores": {name: store_summary(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)},
         "config": {"split": cfg.testing.split, "models": config_to_dict(cfg.models),
                    "dataset": {k: cfg.dataset[k] for k in ("lmdb_dir", "image_size", "store_image_size",
                                                            "sample_rate", "clip_seconds")}},
@@ -125,6 +122,18 @@ def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
     return labels, [identities[i].gender for i in labels]
 
 
+def store_keys(cfg, files: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The store key of every list key, by modality (data/layout.py: either name form resolves)."""
+    from data.layout import resolve_keys
+    from data.lmdb_store import LmdbStore
+    from data.splits import read_split
+
+    identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
+    stores = {"voice": AUDIO_STORE, "face": FACE_STORE}
+    return {m: resolve_keys(keys, LmdbStore(os.path.join(cfg.dataset.lmdb_dir, stores[m])).keys(),
+                            identities).tolist() for m, keys in files.items()}
+
+
 def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: dict, path: str) -> Features:
     """Embed `files` (by modality) with the checkpoint's model; cache them at `path`."""
     from models import build_model
@@ -137,7 +146,8 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     model = build_model(cfg.models)
     load_checkpoint(model, checkpoint)
     model.to(device).eval()
-    embeddings = torch.cat([embed(model, cfg, files[m], m, device) for m in ("voice", "face")])
+    stored = store_keys(cfg, files)  # the lists' keys, or their other name form where the store has that
+    embeddings = torch.cat([embed(model, cfg, stored[m], m, device) for m in ("voice", "face")])
     save_features_file(path, keys, embeddings, ids, genders, source)
     print(f"features of {len(keys)} files saved to {path}")
     return Features(dict(zip(keys, range(len(keys)))), embeddings.numpy(), np.array(ids, np.int64), source)

@@ -1,11 +1,14 @@
 """One command from raw data to everything training and testing read; safe to run again.
 
-    python -m data.prepare --cfg CFG [--opts key=value ...]
+    python -m data.prepare --cfg CFG [--splits test] [--check] [--opts key=value ...]
 
 1. the synthetic corpus, when `dataset.synthetic.root` is set and the corpus is not there;
 2. the split CSVs `vox1_{train,val,test}.csv` in `dataset.list_dir` (kept if they exist);
 3. the LMDB stores `audio.lmdb` and `face.lmdb` in `dataset.lmdb_dir` (resumed / updated);
-4. every evaluation list of the validation and test splits (lists that exist are kept).
+4. every evaluation list of the validation and test splits (lists that exist are kept), and
+   `lists.sha256` (sha256sum format) of every list in `dataset.list_dir`.
+`--splits` limits all of it to the splits named (`--splits test` for evaluation alone);
+`--check` writes nothing and reports what the data holds (data/check.py).
 """
 from __future__ import annotations
 
@@ -19,9 +22,11 @@ import numpy as np
 from easydict import EasyDict
 from tqdm import tqdm
 
+from data.layout import FACE, VOICE, as_store_keys, identity_folder, other_name, resolve_keys, store_name
 from data.lists import check_keys, list_names, list_path, unlistable_reason, write_lists
 from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, LmdbStore, MissingKeyError,
                              build_store, encode_audio, encode_image, store_is_current)
+from data.provenance import write_list_checksums
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
 from utils.errors import UserError
@@ -30,6 +35,7 @@ from utils.protocol import evaluation_lists
 
 AUDIO_EXTENSIONS = (".wav",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+EXTENSIONS = {VOICE: AUDIO_EXTENSIONS, FACE: IMAGE_EXTENSIONS}
 EVAL_SPLITS = ("val", "test")
 
 
@@ -47,30 +53,34 @@ def scan(root: str, folder: str, extensions: tuple[str, ...]) -> list[str] | Non
 
 
 class _Scanner:
-    """Cached scans of identity folders (the split rule and the stores both need them).
+    """Cached scans of identity folders (the split rule and the stores both need them); an identity's
+    folder may be named by its VoxCeleb1 ID or its VGGFace name (data/layout.py).
 
-    Files whose names the lists cannot carry are left out, with the reason, in `unlisted[folder]`.
+    Files whose names the lists cannot carry are left out, with the reason, in `unlisted[(modality, id)]`.
     """
 
     def __init__(self, cfg: EasyDict):
-        self.audio_dir, self.image_dir = cfg.dataset.audio_data_dir, cfg.dataset.image_data_dir
-        self._cache: dict[str, list[str] | None] = {}
-        self.unlisted: dict[str, list[tuple[str, str]]] = {}  # identity folder -> [(file, reason)]
+        self.roots = {VOICE: cfg.dataset.audio_data_dir, FACE: cfg.dataset.image_data_dir}
+        self._cache: dict[tuple[str, str], tuple[str | None, list[str] | None]] = {}
+        self.unlisted: dict[tuple[str, str], list[tuple[str, str]]] = {}  # -> [(file, reason)]
 
-    def _scan(self, root: str, folder: str, extensions: tuple[str, ...]) -> list[str] | None:
-        path = os.path.join(root, folder)
-        if path not in self._cache:
-            keys = scan(root, folder, extensions)
+    def found(self, identity: Identity, modality: str) -> tuple[str | None, list[str] | None]:
+        """(the identity's folder name on disk, keys of its listable files relative to the root), or (None, None)."""
+        key = (modality, identity.vox_id)
+        if key not in self._cache:
+            root = self.roots[modality]
+            folder = identity_folder(root, identity, modality)
+            keys = scan(root, folder, EXTENSIONS[modality]) if folder else None
             reasons = [unlistable_reason(k) for k in keys or ()]
-            self.unlisted[path] = [(os.path.join(root, k), r) for k, r in zip(keys or (), reasons) if r]
-            self._cache[path] = None if keys is None else [k for k, r in zip(keys, reasons) if not r]
-        return self._cache[path]
+            self.unlisted[key] = [(os.path.join(root, k), r) for k, r in zip(keys or (), reasons) if r]
+            self._cache[key] = (folder, None if keys is None else [k for k, r in zip(keys, reasons) if not r])
+        return self._cache[key]
 
     def voices(self, identity: Identity) -> list[str] | None:
-        return self._scan(self.audio_dir, identity.vox_id, AUDIO_EXTENSIONS)
+        return self.found(identity, VOICE)[1]
 
     def faces(self, identity: Identity) -> list[str] | None:
-        return self._scan(self.image_dir, identity.vgg_id, IMAGE_EXTENSIONS)
+        return self.found(identity, FACE)[1]
 
     def scan_all(self, identities: list[Identity]) -> None:
         for identity in tqdm(identities, desc="scanning identity folders", unit="id"):
@@ -91,10 +101,10 @@ def _store_params(cfg: EasyDict) -> dict[str, dict]:
     }
 
 
-def make_splits(cfg: EasyDict, scanner: _Scanner) -> dict[str, list[Identity]]:
-    """Write the split CSVs that are missing; return the usable identities of each split."""
+def make_splits(cfg: EasyDict, scanner: _Scanner, wanted: tuple[str, ...] = SPLITS) -> dict[str, list[Identity]]:
+    """Write the split CSVs of `wanted` that are missing; return the usable identities of each of them."""
     d = cfg.dataset
-    missing = [s for s in SPLITS if not os.path.exists(split_path(d.list_dir, s))]
+    missing = [s for s in wanted if not os.path.exists(split_path(d.list_dir, s))]
     if missing:
         _require(d.meta_file, "dataset.meta_file")
         meta = read_meta(d.meta_file)
@@ -103,6 +113,7 @@ def make_splits(cfg: EasyDict, scanner: _Scanner) -> dict[str, list[Identity]]:
             split_of = read_split_file(d.split_file)
         else:
             split_of = split_of_ranges(meta, d.split_ranges)
+        split_of = {vox_id: split for vox_id, split in split_of.items() if split in missing}
         _require(d.image_data_dir, "dataset.image_data_dir")
         _require(d.audio_data_dir, "dataset.audio_data_dir")
         scanner.scan_all([i for i in meta if i.vox_id in split_of])
@@ -112,33 +123,34 @@ def make_splits(cfg: EasyDict, scanner: _Scanner) -> dict[str, list[Identity]]:
             dropped = sum(i.set == "none" for i in splits[split])
             print(f"split {split}: {len(splits[split]) - dropped} identities ({dropped} without data marked none)"
                   f" -> {split_path(d.list_dir, split)}")
-    return {s: read_split(d.list_dir, s) for s in SPLITS}
+    return {s: read_split(d.list_dir, s) for s in wanted}
 
 
 def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) -> None:
-    """Build or update both LMDB stores from every file of the usable identities."""
+    """Build or update both LMDB stores from every file of `identities` (keys in the stores' form)."""
     d = cfg.dataset
     os.makedirs(d.lmdb_dir, exist_ok=True)
     params = _store_params(cfg)
     workers = min(len(os.sched_getaffinity(0)), 8)
     scanner.scan_all(identities)
     jobs = [
-        (AUDIO_STORE, d.audio_data_dir, scanner.voices, lambda i: i.vox_id,
-         partial(encode_audio, sample_rate=d.sample_rate, max_samples=params[AUDIO_STORE]["max_samples"])),
-        (FACE_STORE, d.image_data_dir, scanner.faces, lambda i: i.vgg_id,
-         partial(encode_image, size=d.store_image_size)),
+        (AUDIO_STORE, VOICE, partial(encode_audio, sample_rate=d.sample_rate,
+                                     max_samples=params[AUDIO_STORE]["max_samples"])),
+        (FACE_STORE, FACE, partial(encode_image, size=d.store_image_size)),
     ]
-    for name, root, files_of, folder_of, encode in jobs:
+    for name, modality, encode in jobs:
+        root = scanner.roots[modality]
         items, skipped = [], []
         for identity in identities:
-            keys = files_of(identity)
-            folder = os.path.join(root, folder_of(identity))
-            skipped += scanner.unlisted.get(folder, [])
+            folder, keys = scanner.found(identity, modality)
+            skipped += scanner.unlisted[(modality, identity.vox_id)]
             if keys is None:
-                skipped.append((folder, "identity folder missing"))
+                skipped.append((os.path.join(root, store_name(identity, modality)),
+                                f"identity folder missing (nor is there {other_name(identity, modality)})"))
             elif not keys:
-                skipped.append((folder, "identity folder holds no usable file"))
-            items += [(k, os.path.join(root, k)) for k in keys or ()]
+                skipped.append((os.path.join(root, folder), "identity folder holds no usable file"))
+            else:
+                items += zip(as_store_keys(keys, folder, identity, modality), (os.path.join(root, k) for k in keys))
         path = os.path.join(d.lmdb_dir, name)
         report = build_store(path, items, encode, params[name], skipped, workers, desc=name)
         note = f", {len(report.skipped)} skipped (listed in {os.path.join(path, SKIPPED_FILE)})" if report.skipped else ""
@@ -149,12 +161,14 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
 
 
 def make_lists(cfg: EasyDict, splits: dict[str, list[Identity]]) -> None:
-    """Write the missing lists of the evaluation splits; check the existing ones against the stores."""
+    """Write the missing lists of the evaluation splits among `splits`; check the existing ones against the
+    stores (a key in the other name form counts when its store form is there)."""
     d = cfg.dataset
     voices = LmdbStore(os.path.join(d.lmdb_dir, AUDIO_STORE))
     faces = LmdbStore(os.path.join(d.lmdb_dir, FACE_STORE))
     voice_keys, face_keys = np.array(voices.keys(), dtype=str), np.array(faces.keys(), dtype=str)
-    for split in EVAL_SPLITS:
+    known = np.concatenate([voice_keys, face_keys])
+    for split in (s for s in EVAL_SPLITS if s in splits):
         identities = splits[split]
         existing = [t for t in evaluation_lists(split, d.match_n) if os.path.exists(list_path(d.list_dir, t.name))]
         written = write_lists(d.list_dir, split, identities, select_keys(voice_keys, identities),
@@ -162,7 +176,10 @@ def make_lists(cfg: EasyDict, splits: dict[str, list[Identity]]) -> None:
         for spec in existing:  # read as test.py reads them: a list it would reject fails here
             path = list_path(d.list_dir, spec.name)
             try:
-                check_keys(path, spec.read_keys(path), voice_keys, face_keys)
+                rows = spec.read_keys(path)
+                resolved = (resolve_keys(rows.ravel(), known, identities).reshape(rows.shape)
+                            if isinstance(rows, np.ndarray) else [resolve_keys(r, known, identities) for r in rows])
+                check_keys(path, resolved, voice_keys, face_keys)
             except (ListError, MissingKeyError) as e:
                 raise type(e)(f"{e}; correct the list, or delete it to have data.prepare generate it") from None
         print(f"lists {split}: {len(written)} written, {len(existing)} kept (in {d.list_dir})")
@@ -178,8 +195,8 @@ def is_prepared(cfg: EasyDict) -> bool:
     return all(os.path.exists(list_path(d.list_dir, n)) for s in EVAL_SPLITS for n in list_names(s, d.match_n))
 
 
-def prepare(cfg: EasyDict) -> None:
-    """Steps 1-4 of the module docstring; each does nothing when its output is already there."""
+def prepare(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> None:
+    """Steps 1-4 of the module docstring for `splits` only; each does nothing when its output is there."""
     d = cfg.dataset
     start = time.time()
     if d.synthetic.root and not os.path.exists(os.path.join(d.synthetic.root, "vox1_meta.csv")):
@@ -188,10 +205,20 @@ def prepare(cfg: EasyDict) -> None:
         print(f"generating the synthetic corpus ({d.synthetic.identities} identities) in {d.synthetic.root}")
         generate_corpus(d.synthetic.root, d.synthetic.identities, d.synthetic.seed)
     scanner = _Scanner(cfg)
-    splits = make_splits(cfg, scanner)
-    make_stores(cfg, [i for s in SPLITS for i in splits[s]], scanner)
-    make_lists(cfg, splits)
-    print(f"data ready in {time.time() - start:.0f} s")
+    identities = make_splits(cfg, scanner, splits)
+    make_stores(cfg, [i for s in splits for i in identities[s]], scanner)
+    make_lists(cfg, identities)
+    write_list_checksums(d.list_dir)
+    print(f"data ready for {', '.join(splits)} in {time.time() - start:.0f} s")
+
+
+def _splits_argument(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in SPLITS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"--splits takes a comma-separated subset of {','.join(SPLITS)}, "
+                                         f"got '{text}'")
+    return tuple(s for s in SPLITS if s in names)
 
 
 def main() -> None:
@@ -199,9 +226,18 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description="Build splits, LMDB stores and evaluation lists.")
     parser.add_argument("--cfg", required=True, help="config YAML")
+    parser.add_argument("--splits", type=_splits_argument, default=SPLITS,
+                        help="prepare only these splits, e.g. `test` or `val,test` (default: all)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing: report what the data holds and what a run would miss (exit 1)")
     parser.add_argument("--opts", nargs="*", default=[], help="key=value overrides")
     args = parser.parse_args()
-    prepare(load_config(args.cfg, args.opts))
+    cfg = load_config(args.cfg, args.opts)
+    if args.check:
+        from data.check import check
+
+        sys.exit(0 if check(cfg, args.splits) else 1)
+    prepare(cfg, args.splits)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def natural_key(identifier: str) -> tuple[str, int]:
 
 def _rows(path: str) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a tab- or comma-separated file (the separator is read off the header)."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # the BOM some editors write
         header_line = f.readline()
         delimiter = "\t" if "\t" in header_line else ","
         f.seek(0)
@@ -75,7 +75,7 @@ def read_meta(path: str) -> list[Identity]:
 
 def read_split_file(path: str) -> dict[str, str]:
     """`VoxCeleb1 ID,split` rows (header optional) -> {vox_id: split}."""
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8-sig") as f:  # the BOM some editors write
         rows = [row for row in csv.reader(f) if row]
     split_of = {}
     for line, row in enumerate(rows, start=1):

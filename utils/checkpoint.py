@@ -9,6 +9,11 @@ network `vNet`, the voice network `aNet`, the input normalisation `normalize` an
 The tables below map those names onto ours; they are the only place the release's names appear.
 Keys the release stores but the method never uses are skipped and named in the log; any other key
 that maps to nothing, and any of our keys that nothing maps to, is an error naming the file.
+
+Every file is read in whatever layout it comes in (one log line names the layout found): keys with the
+`module.` prefix of DataParallel / DDP; the release's state_dict with or without its `start_it` wrapper;
+voxceleb_trainer's `__S__.*` / `__L__.*` model, bare or in `{'model_state_dict', ...}` or `{'model': ...}`,
+or plain ResNetSE34L keys; torch 1.x files in the legacy serialization with tensors saved on a GPU.
 """
 from __future__ import annotations
 
@@ -97,11 +102,47 @@ PRETRAINED_VOICE = (
     Section("__S__.", "voice_encoder.", VOICE_BACKBONE, unused=r"fc\."),
     Section("__L__.", "", unused=EVERYTHING),  # the training loss's own parameters
 )
+# The converted file the release loads strictly into its own ResNetSE34L: no `__S__.`, no `__L__`.
+PLAIN_VOICE = (Section("", "voice_encoder.", VOICE_BACKBONE, unused=r"fc\."),)
+
+DATA_PARALLEL_PREFIX = "module."
+# Containers a state_dict comes in: voxceleb_trainer's saveParameters, and the alternative its loader accepts.
+VOICE_WRAPPERS = ("model_state_dict", "model")
+OWN_LAYOUTS = ("this project's checkpoint {'format': 'aasm', 'model', ...}",
+               "the release's {'start_it', 'stage', 'state_dict', 'optimizer'}",
+               "the release's bare state_dict (vNet.*, aNet.*, normalize.*, eqm.*)")
+FACE_LAYOUTS = ("face.evoLVe IR backbone (input_layer.*, body.*, output_layer.*)",)
+VOICE_LAYOUTS = ("voxceleb_trainer SpeakerNet (__S__.*, __L__.*)",
+                 "the same in {'model_state_dict', 'optimizer_state_dict', ...} or {'model': ...}",
+                 "plain ResNetSE34L keys (conv1.*, layer1.*, ..., sap_linear.*, attention)")
+DATA_PARALLEL_NOTE = "any of them with the 'module.' prefix of DataParallel / DDP on every key"
 
 
-def _translate(state_dict: dict[str, torch.Tensor], sections: tuple[Section, ...], path: str
-               ) -> tuple[dict[str, torch.Tensor], list[str]]:
-    """Rename a file's keys into ours; returns (renamed entries, skipped unused keys). Unmapped keys raise."""
+class CheckpointLayoutError(UserError, ValueError):
+    """A checkpoint file in none of the layouts this project reads."""
+
+
+def _layout_error(path: str, found: list, accepted: tuple[str, ...], shown: int = 5) -> CheckpointLayoutError:
+    keys = ", ".join(map(str, found[:shown])) + (f", ... ({len(found)} in all)" if len(found) > shown else "")
+    return CheckpointLayoutError(f"{path}: none of the accepted checkpoint layouts: {'; '.join(accepted)}; "
+                                 f"{DATA_PARALLEL_NOTE}; keys found: {keys or 'none'}")
+
+
+def _strip_data_parallel(state_dict: dict) -> tuple[dict, bool]:
+    """Drop the `module.` prefix when every key has it (a model saved under DataParallel / DDP)."""
+    if state_dict and all(isinstance(k, str) and k.startswith(DATA_PARALLEL_PREFIX) for k in state_dict):
+        return {k[len(DATA_PARALLEL_PREFIX):]: v for k, v in state_dict.items()}, True
+    return state_dict, False
+
+
+def _with_prefix_note(layout: str, stripped: bool) -> str:
+    return layout + (", 'module.' prefix stripped" if stripped else "")
+
+
+def _translate(state_dict: dict[str, torch.Tensor], sections: tuple[Section, ...], path: str,
+               accepted: tuple[str, ...] = ()) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Rename a file's keys into ours; returns (renamed entries, skipped unused keys). Unmapped keys raise:
+    a layout error naming `accepted` when no key maps at all."""
     renamed, unused, unknown = {}, [], []
     for key, value in state_dict.items():
         section = next((s for s in sections if key.startswith(s.source)), None)
@@ -116,6 +157,8 @@ def _translate(state_dict: dict[str, torch.Tensor], sections: tuple[Section, ...
                 break
         else:
             unknown.append(key)
+    if unknown and not renamed and accepted:
+        raise _layout_error(path, list(state_dict), accepted)
     if unknown:
         raise KeyError(f"{path}: unexpected keys that map to nothing in the model: {_names(unknown)}")
     return renamed, unused
@@ -220,37 +263,60 @@ def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None =
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
     if checkpoint.get("format") == OWN_FORMAT:
-        _load_entries(model, checkpoint["model"], list(model.state_dict()), path)
+        weights, stripped = _strip_data_parallel(checkpoint["model"])
+        layout = _with_prefix_note("this project's checkpoint", stripped)
+        _load_entries(model, weights, list(model.state_dict()), path)
         if equilibrium is not None:
             if checkpoint.get("equilibrium") is None:
                 raise KeyError(f"{path}: holds no 'equilibrium' state to restore")
-            _load_equilibrium(equilibrium, checkpoint["equilibrium"], path)
-    elif "state_dict" in checkpoint and "start_it" in checkpoint:
-        _load_released(model, dict(checkpoint["state_dict"]), equilibrium, path)
+            _load_equilibrium(equilibrium, _strip_data_parallel(checkpoint["equilibrium"])[0], path)
     else:
-        raise ValueError(f"{path}: neither our checkpoint format ('format': '{OWN_FORMAT}') nor the released "
-                         f"one ('start_it', 'state_dict'); top-level keys: {sorted(checkpoint)}")
-    log.info("%s: loaded", path)
+        wrapped = isinstance(checkpoint.get("state_dict"), dict) and "start_it" in checkpoint
+        state_dict, stripped = _strip_data_parallel(checkpoint["state_dict"] if wrapped else checkpoint)
+        if not any(str(k).startswith((FACE_SECTION.source, VOICE_SECTION.source)) for k in state_dict):
+            raise _layout_error(path, list(state_dict), OWN_LAYOUTS)
+        layout = _with_prefix_note("the release's checkpoint" if wrapped else "the release's bare state_dict",
+                                   stripped)
+        _load_released(model, dict(state_dict), equilibrium, path)
+    log.info("%s: loaded; layout: %s", path, layout)
     return checkpoint
 
 
-def _load_pretrained(model: nn.Module, path: str, config_key: str, sections: tuple[Section, ...],
-                     encoder: str) -> None:
-    weights, unused = _translate(_read(path, config_key), sections, path)
+def _load_pretrained(model: nn.Module, path: str, state_dict: dict, sections: tuple[Section, ...],
+                     accepted: tuple[str, ...], layout: str, encoder: str) -> None:
+    weights, unused = _translate(state_dict, sections, path, accepted)
     required = [k for k in model.state_dict() if k.startswith(encoder + ".") and not k.startswith(encoder + ".head.")]
     _load_entries(model, weights, required, path)
-    log.info("%s: %s backbone loaded (%d tensors); skipped %d unused keys: %s", path, encoder, len(weights),
-             len(unused), ", ".join(unused))
+    log.info("%s: %s backbone loaded (%d tensors); layout: %s; skipped %d unused keys: %s", path, encoder,
+             len(weights), layout, len(unused), ", ".join(unused))
+
+
+def _state_dict_file(path: str, config_key: str, accepted: tuple[str, ...]) -> dict:
+    state_dict = _read(path, config_key)
+    if not isinstance(state_dict, dict):
+        raise CheckpointLayoutError(f"{path}: {config_key} must be a state_dict file, got a "
+                                    f"{type(state_dict).__name__}; accepted layouts: {'; '.join(accepted)}")
+    return state_dict
 
 
 def load_pretrained_face(model: nn.Module, path: str) -> None:
     """Face backbone (stem + body) from a face.evoLVe IR checkpoint (`input_layer.*`, `body.*`, `output_layer.*`)."""
-    _load_pretrained(model, path, "models.face.pretrained", PRETRAINED_FACE, "face_encoder")
+    state_dict, stripped = _strip_data_parallel(_state_dict_file(path, "models.face.pretrained", FACE_LAYOUTS))
+    _load_pretrained(model, path, state_dict, PRETRAINED_FACE, FACE_LAYOUTS,
+                     _with_prefix_note("face.evoLVe backbone", stripped), "face_encoder")
 
 
 def load_pretrained_voice(model: nn.Module, path: str) -> None:
-    """Voice backbone from voxceleb_trainer's `baseline_lite_ap.model` (`__S__.*`; `__L__.*` ignored)."""
-    _load_pretrained(model, path, "models.voice.pretrained", PRETRAINED_VOICE, "voice_encoder")
+    """Voice backbone from any voxceleb_trainer model file (`__S__.*`, `__L__.*` ignored; bare, in
+    `{'model_state_dict', ...}` or `{'model': ...}`) or plain ResNetSE34L keys."""
+    state_dict = _state_dict_file(path, "models.voice.pretrained", VOICE_LAYOUTS)
+    wrapper = next((k for k in VOICE_WRAPPERS if isinstance(state_dict.get(k), dict)), None)
+    state_dict, stripped = _strip_data_parallel(state_dict[wrapper] if wrapper else state_dict)
+    speaker_net = any(str(k).startswith(PRETRAINED_VOICE[0].source) for k in state_dict)
+    layout = "voxceleb_trainer SpeakerNet" if speaker_net else "plain ResNetSE34L keys"
+    layout += f" in {{'{wrapper}': ...}}" if wrapper else ""
+    _load_pretrained(model, path, state_dict, PRETRAINED_VOICE if speaker_net else PLAIN_VOICE, VOICE_LAYOUTS,
+                     _with_prefix_note(layout, stripped), "voice_encoder")
 
 
 def save_checkpoint(state: dict, path: str) -> None:

@@ -10,6 +10,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data.lists import list_path
+from data.provenance import file_digest
 from utils import metrics
 from utils.features import Features
 
@@ -145,7 +146,9 @@ def write_outputs(results: list[Result], table: str, result_path: str, source: d
                        "bootstrap": cfg.testing.bootstrap, "ci_seed": cfg.testing.ci_seed},
         "lists": {r.spec.name: {"task": r.spec.task, "direction": r.spec.direction, "gender": r.spec.gender,
                                 "candidates": r.spec.candidates, "value": r.value, "ci95": list(r.interval),
-                                "count": r.count, **({"eer": r.eer} if r.eer is not None else {})}
+                                "count": r.count, **({"eer": r.eer} if r.eer is not None else {}),
+                                **dict(zip(("lines", "sha256"), file_digest(list_path(cfg.dataset.list_dir,
+                                                                                      r.spec.name))))}
                   for r in results},
         "table": table,
     }

@@ -1,0 +1,43 @@
+"""What a result came from: checksums of the lists and a summary of the stores.
+
+`data.prepare` writes `<list_dir>/lists.sha256` in sha256sum format (`cd list_dir && sha256sum -c
+lists.sha256` verifies it); test.py records each list's line count and sha256 in its results JSON,
+and the features file records the stores its embeddings were read from.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+
+from data.lmdb_store import _read_info
+
+CHECKSUM_FILE = "lists.sha256"
+CHUNK = 1 << 20
+
+
+def file_digest(path: str) -> tuple[int, str]:
+    """(number of lines, sha256 hex digest) of a file, read in chunks."""
+    digest, lines = hashlib.sha256(), 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            digest.update(chunk)
+            lines += chunk.count(b"\n")
+    return lines, digest.hexdigest()
+
+
+def write_list_checksums(list_dir: str) -> str:
+    """`lists.sha256` over the split CSVs and lists (`*.csv`, `*.txt`) of list_dir, written atomically."""
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(list_dir, "*.csv")) +
+                   glob.glob(os.path.join(list_dir, "*.txt")))
+    path = os.path.join(list_dir, CHECKSUM_FILE)
+    with open(path + ".tmp", "w") as f:
+        f.writelines(f"{file_digest(os.path.join(list_dir, n))[1]}  {n}\n" for n in names)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+def store_summary(path: str) -> dict:
+    """A store's path and what its store.json says it holds (files stored, skipped, fingerprint of the keys)."""
+    info = _read_info(path)
+    return {"path": os.path.abspath(path), **{k: info.get(k) for k in ("stored", "skipped", "fingerprint")}}
