@@ -102,12 +102,17 @@ def files_by_modality(lists: list[ListSpec], keys: dict[str, np.ndarray | list[n
 
 
 def check_stores(cfg, lists: list[ListSpec], keys: dict[str, np.ndarray | list[np.ndarray]]) -> None:
-    """Every file the lists name is in the stores (before any embedding): else name the list, line and key."""
-    from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
+    """Every file the lists name is in the stores, in either name form (before any embedding): else name the
+    list, line and key."""
+    from data.layout import resolve_rows
+    from data.lmdb_store import LmdbStore
+    from data.splits import read_split
 
+    identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
     stores = [LmdbStore(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)]
+    known = np.concatenate([np.asarray(s.keys(), dtype=str) for s in stores])
     for t in lists:
-        check_keys(list_path(cfg.dataset.list_dir, t.name), keys[t.name], *stores)
+        check_keys(list_path(cfg.dataset.list_dir, t.name), resolve_rows(keys[t.name], known, identities), *stores)
 
 
 def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:

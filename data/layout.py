@@ -69,3 +69,12 @@ def resolve_keys(keys: Iterable[str], known: Iterable[str], identities: list[Ide
         return keys
     other = swap_names(keys, identities)
     return np.where(~present & np.isin(other, known), other, keys)
+
+
+def resolve_rows(rows: np.ndarray | list[np.ndarray], known: Iterable[str], identities: list[Identity]
+                 ) -> np.ndarray | list[np.ndarray]:
+    """`resolve_keys` over a list's keys as read: a (lines, columns) table or [queries, gallery]."""
+    known = np.asarray(list(known) if not isinstance(known, np.ndarray) else known, dtype=str)
+    if isinstance(rows, np.ndarray):
+        return resolve_keys(rows.ravel(), known, identities).reshape(rows.shape)
+    return [resolve_keys(r, known, identities) for r in rows]

@@ -22,7 +22,7 @@ import numpy as np
 from easydict import EasyDict
 from tqdm import tqdm
 
-from data.layout import FACE, VOICE, as_store_keys, identity_folder, other_name, resolve_keys, store_name
+from data.layout import FACE, VOICE, as_store_keys, identity_folder, other_name, resolve_rows, store_name
 from data.lists import check_keys, list_names, list_path, unlistable_reason, write_lists
 from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, LmdbStore, MissingKeyError,
                              build_store, encode_audio, encode_image, store_is_current)
@@ -176,10 +176,7 @@ def make_lists(cfg: EasyDict, splits: dict[str, list[Identity]]) -> None:
         for spec in existing:  # read as test.py reads them: a list it would reject fails here
             path = list_path(d.list_dir, spec.name)
             try:
-                rows = spec.read_keys(path)
-                resolved = (resolve_keys(rows.ravel(), known, identities).reshape(rows.shape)
-                            if isinstance(rows, np.ndarray) else [resolve_keys(r, known, identities) for r in rows])
-                check_keys(path, resolved, voice_keys, face_keys)
+                check_keys(path, resolve_rows(spec.read_keys(path), known, identities), voice_keys, face_keys)
             except (ListError, MissingKeyError) as e:
                 raise type(e)(f"{e}; correct the list, or delete it to have data.prepare generate it") from None
         print(f"lists {split}: {len(written)} written, {len(existing)} kept (in {d.list_dir})")
