@@ -1,4 +1,4 @@
-"""Evaluation metrics of the voice-face protocol (PROTOCOL.md "Metrics"), vectorised.
+"""Evaluation metrics of the voice-face protocol (README, "Protocol"), vectorised.
 
 Score = cosine similarity. Lists are read once into integer rows of an
 embedding matrix (`read_list`, `read_retrieval_list`); every metric then works
