@@ -1,10 +1,10 @@
 """The method's loss written plainly with autograd: the definition the fused `losses.pairs` reproduces.
 
-Every function reads …×B×D embedding batches (row i of each batch from identity i, any leading
-dimensions) and states its term in the paper's symbols; the README's "Method" section gives the whole
-iteration. `training.loss_impl: reference` trains with these functions; the default, `fused`, computes
-the same values and gradients with one hand-written backward pass (losses/pairs.py), and the tests hold
-the two together on every reference case.
+The term functions read …×B×D embedding batches (row i of each batch from identity i, any leading
+dimensions), one function per term in the paper's symbols; the README's "Method" section gives the
+whole iteration. `training.loss_impl: reference` trains with these functions; `fused` computes the same
+values and gradients with one hand-written backward pass (losses/pairs.py); `auto`, the default, takes
+the fused form where it is at least twice as fast. The tests hold the two together on every reference case.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def nonzero_mean(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
 def aasm(anchors: torch.Tensor, candidates: torch.Tensor, offset: float | torch.Tensor, temp: float) -> torch.Tensor:
     """AaSM, per anchor: ℓ_i = log(c + Σ_{j≠i} exp((s_ij − s_ii)/τ)), s_ij = ⟨p_i, q̂_j⟩ → …×B.
 
-    The anchor p_i keeps its length, the candidate q̂_j = q_j/‖q_j‖ does not; c = 5.4 across modalities,
+    The anchor p_i is not normalised, the candidate is (q̂_j = q_j/‖q_j‖); c = 5.4 across modalities,
     6 within one (a number, or a …×1 tensor of one c per batch). Written as a log-sum-exp so that long
     anchors cannot overflow the exponential.
     """

@@ -1,7 +1,7 @@
 """The training loss of one iteration: AaSM on three pairs, plus the re-gauged BCR weighted by IE."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from easydict import EasyDict
@@ -19,7 +19,7 @@ ROW_TERMS = {"fused": pairs.combined_terms, "reference": reference.combined_term
 FUSED_FROM_BATCH = 64
 
 
-def row_terms(loss_impl: str, batch_size: int):
+def row_terms(loss_impl: str, batch_size: int) -> Callable[..., reference.Terms]:
     """The per-row terms function that `training.loss_impl` names, `auto` resolved by the batch size."""
     if loss_impl == "auto":
         loss_impl = "fused" if batch_size >= FUSED_FROM_BATCH else "reference"
