@@ -1,12 +1,15 @@
-"""Per-iteration loss, forward + backward: the vectorised `losses.total_loss` against a per-row loop.
+"""Per-iteration loss, forward + backward: the fused `losses.total_loss` against a per-row loop and against
+the plain autograd definition (`training.loss_impl: reference`).
 
 The loop computes the same math the way the release does: masked B×B matrices built by broadcasting,
 then a Python double loop over the rows and entries of T for the BCR row means, whose results are
 rebuilt from Python numbers (so, as in the release, no gradient flows through BCR), and the
 zero-avoiding means by boolean indexing. It is compared with `total_loss(bcr_detach=True)`, the same
 computation; `total_loss` with BCR gradients (the default, which the loop cannot give) is timed as
-well. Both must give the same loss, input gradients and IE counts. One CPU thread; the loop's best of
-3 (B > 64) or 10 runs against the vectorised loss's best of `rounds` × `repeats` runs.
+well, and so is the plain reference (losses/reference.py, BCR gradient included), which must give the
+same loss, input gradients and counts as the fused version. Both must give the same loss, input
+gradients and IE counts as the loop. One CPU thread; the loop's best of 3 (B > 64) or 10 runs against
+the vectorised losses' best of `rounds` × `repeats` runs.
 
     python bench/loss.py [--sizes 20 64 256] [--repeats 20] [--rounds 10]
 """
@@ -24,8 +27,7 @@ from easydict import EasyDict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from losses import InstanceEquilibrium, should_refresh, total_loss  # noqa: E402
-from losses.aasm import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET  # noqa: E402
-from losses.bcr import REGAUGE_MARGIN  # noqa: E402
+from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, REGAUGE_MARGIN  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 
@@ -115,17 +117,18 @@ def main() -> None:
     parser.add_argument("--cfg", default=os.path.join(os.path.dirname(__file__), "..", "config", "cfg.yaml"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    cfg = load_config(args.cfg).training
+    cfg = EasyDict(load_config(args.cfg).training, loss_impl="fused")
     # BCR and IE active, and no weight refresh inside the timed calls.
     iteration = cfg.regauge_iter + int(should_refresh(cfg.regauge_iter, cfg))
-    print("B     loop (s)   vectorised, BCR detached (s)   ratio   vectorised, BCR gradient (s)   ratio")
+    print("B     loop (s)   fused, BCR detached (s)   ratio   fused, BCR gradient (s)   ratio"
+          "   reference, BCR gradient (s)   reference / fused")
     for size in args.sizes:
         generator = torch.Generator().manual_seed(size)
         inputs = embeddings(size, 128, generator)
         labels = torch.randperm(4 * size, generator=generator)[:size]
         equilibrium = InstanceEquilibrium(4 * size)
         equilibrium.identity_weights.copy_(torch.rand(4 * size, generator=generator) + 0.5)
-        detached = EasyDict(cfg, bcr_detach=True)
+        detached, reference = EasyDict(cfg, bcr_detach=True), EasyDict(cfg, loss_impl="reference")
 
         def vectorised(settings, target=equilibrium):
             loss, _, correct = total_loss(*inputs, target.weights_of(labels), iteration, settings)
@@ -137,25 +140,30 @@ def main() -> None:
             loss.backward()
             return loss, counts
 
-        # Same loss, gradients and IE counts.
-        ours, correct = vectorised(detached)
-        our_gradients = [x.grad.clone() for x in inputs]
-        for x in inputs:
-            x.grad = None
-        theirs, counts = loop()
-        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
-        for mine, release in zip(our_gradients, (x.grad for x in inputs)):
-            torch.testing.assert_close(mine, release, rtol=1e-4, atol=1e-6)
-        assert torch.equal(correct, counts)
+        def result(function, *arguments):
+            """(loss, input gradients, counts) of one forward + backward."""
+            for x in inputs:
+                x.grad = None
+            loss, counts = function(*arguments)
+            return loss, [x.grad.clone() for x in inputs], counts
+
+        # The loop: same loss, gradients and IE counts as the fused loss with BCR detached.
+        for theirs, ours in [(result(loop), result(vectorised, detached)),
+                             (result(vectorised, reference), result(vectorised, cfg))]:
+            torch.testing.assert_close(ours[0], theirs[0], rtol=1e-5, atol=1e-6)
+            for mine, other in zip(ours[1], theirs[1]):
+                torch.testing.assert_close(mine, other, rtol=1e-4, atol=1e-6)
+            assert torch.equal(ours[2], theirs[2])
         loop_time = timed(loop, 3 if size > 64 else 10)
         # Interleaved rounds: on a shared or virtual machine, page-fault and cache costs drift over
         # seconds, and the best of many short runs is what the computation itself takes.
-        detached_time = gradient_time = float("inf")
+        times = {"detached": float("inf"), "fused": float("inf"), "reference": float("inf")}
         for _ in range(args.rounds):
-            detached_time = min(detached_time, timed(lambda: vectorised(detached), args.repeats))
-            gradient_time = min(gradient_time, timed(lambda: vectorised(cfg), args.repeats))
-        print(f"{size:<5} {loop_time:9.4f}   {detached_time:28.5f}   {loop_time / detached_time:5.0f}x"
-              f"   {gradient_time:28.5f}   {loop_time / gradient_time:5.0f}x", flush=True)
+            for name, settings in [("detached", detached), ("fused", cfg), ("reference", reference)]:
+                times[name] = min(times[name], timed(lambda: vectorised(settings), args.repeats))
+        print(f"{size:<5} {loop_time:9.4f}   {times['detached']:23.5f}   {loop_time / times['detached']:5.0f}x"
+              f"   {times['fused']:23.5f}   {loop_time / times['fused']:5.0f}x"
+              f"   {times['reference']:27.5f}   {times['reference'] / times['fused']:17.2f}x", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Evaluation lists: names, seeded generation, the keys the format can carry, and checking against a store.
+"""Evaluation lists (README, "Protocol"): names, seeded generation, the keys the format can carry, and
+checking against a store.
 
 A list is `<list_dir>/<name>.txt`, space-separated keys (paths relative to the audio / image
 folders). Matching and verification lists repeat every query file of the split on 3 lines;

@@ -1,6 +1,6 @@
 """Identity splits: the meta file, the split rule (ID ranges or a split file) and the split CSVs.
 
-The rule of PROTOCOL.md: an identity belongs to the split whose VoxCeleb1 ID range holds its
+The rule (README, "Protocol"): an identity belongs to the split whose VoxCeleb1 ID range holds its
 ID; one without data (no face images, or no voice clips) is kept in the CSV with Set `none`.
 Nothing here is VoxCeleb-specific beyond the default ranges in the config.
 """

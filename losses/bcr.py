@@ -1,4 +1,4 @@
-"""BCR (Bilateral Connection Re-gauging): screen loose pairs and add a re-gauged hinge on them.
+"""BCR (Bilateral Connection Re-gauging), fused: `losses.reference.bcr` on precomputed cosines, with its gradient.
 
 Rows are anchors, as in `losses.aasm`. Masks are float 0/1 matrices that enter by multiplication: on
 the CPU, boolean-mask kernels (masked_fill, where) run many times slower on unpredictable masks.
@@ -8,14 +8,7 @@ from __future__ import annotations
 import torch
 
 from losses.aasm import positive_cosines
-
-# The re-gauging margin g: a fixed constant in the release, not a config key.
-REGAUGE_MARGIN = 0.15
-
-
-def nonzero_mean(values: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    """Z(v): mean of the non-zero entries along `dim`, 0 where there are none."""
-    return values.sum(dim) / (values != 0).sum(dim).clamp(min=1)
+from losses.reference import REGAUGE_MARGIN
 
 
 def raw_scores(cosines: torch.Tensor, positives: torch.Tensor, m_l: float,

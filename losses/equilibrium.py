@@ -1,11 +1,11 @@
 """IE (Instance Equilibrium): per-identity weights from how well each identity's voice ranks its own face."""
 from __future__ import annotations
 
-import math
-
 import torch
 from easydict import EasyDict
 from torch import nn
+
+from losses.reference import equilibrium_weights
 
 
 def should_refresh(iteration: int, cfg_training: EasyDict) -> bool:
@@ -34,21 +34,9 @@ class InstanceEquilibrium(nn.Module):
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """w_k = N(ρ_k; mean(ρ) − σ, σ) with ρ_k = R_k/N_k over the identities seen since the last refresh.
-
-        Unseen identities keep their weight and stay out of the mean and the (unbiased) std; with fewer
-        than two seen identities, or σ = 0, the pdf is undefined and every weight is kept. Counters restart.
-        Written with masks only, so it never waits for the GPU.
-        """
-        seen = self.comparison_counts > 0
-        count = seen.sum().to(self.correct_counts.dtype)
-        ratio = self.correct_counts / self.comparison_counts.clamp(min=1)
-        mean = torch.where(seen, ratio, 0).sum() / count
-        std = (torch.where(seen, ratio - mean, 0).square().sum() / (count - 1)).sqrt()
-        centre = mean - std
-        pdf = torch.exp(-0.5 * ((ratio - centre) / std).square()) / (std * math.sqrt(2 * math.pi))
-        usable = seen & (count >= 2) & (std > 0) & torch.isfinite(pdf)
-        self.identity_weights.copy_(torch.where(usable, pdf, self.identity_weights))
+        """Weights from the counts since the last refresh (`losses.reference.equilibrium_weights`); counters restart."""
+        self.identity_weights.copy_(equilibrium_weights(self.correct_counts, self.comparison_counts,
+                                                        self.identity_weights))
         self.correct_counts.zero_()
         self.comparison_counts.zero_()
 

@@ -1,12 +1,13 @@
-"""Per-row terms of pairs of embedding batches: AaSM, BCR and correct-ranking counts, in both directions."""
+"""Per-row terms of pairs of embedding batches, fused: AaSM, BCR and correct-ranking counts in both directions."""
 from __future__ import annotations
 
 from typing import Sequence
 
 import torch
 
-from losses.aasm import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, aasm_gradient, aasm_term, positive_cosines
+from losses.aasm import aasm_gradient, aasm_term, positive_cosines
 from losses.bcr import bcr_gradient, bcr_term
+from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, combine_directions
 
 Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 Pairs = Sequence[tuple[int, int]]
@@ -147,9 +148,11 @@ def pair_terms(anchors: torch.Tensor, candidates: torch.Tensor, *, cross: bool, 
     return aasm[0, 0], bcr[0, 0], correct[0]
 
 
-def combine_directions(aasm: torch.Tensor, bcr: torch.Tensor, correct: torch.Tensor) -> Terms:
-    """Per row: AaSM ½(ℓ¹+ℓ²); BCR (b¹+b²) over how many of them are non-zero (0 if none); counts k¹."""
-    return aasm.mean(0), bcr.sum(0) / torch.count_nonzero(bcr.detach(), dim=0).clamp(min=1), correct
+def combined_terms(embeddings: torch.Tensor, pairs: Pairs, *, cross: Sequence[bool], temp: float, m_u: float,
+                   m_l: float, hinge: bool) -> Terms:
+    """(AaSM, BCR, k) per row of each pair, both directions combined (P×B): `losses.reference.combined_terms`, fused."""
+    return combine_directions(*pairwise_terms(embeddings, pairs, cross=cross, temp=temp, m_u=m_u, m_l=m_l,
+                                              hinge=hinge))
 
 
 def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Sequence[bool], temp: float,
@@ -161,7 +164,6 @@ def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Seque
     stacked = x.dim() == 3
     xs, ys = (x, y) if stacked else (x[None], y[None])
     count = xs.shape[0]
-    combined = combine_directions(*pairwise_terms(torch.cat([xs, ys]), [(p, count + p) for p in range(count)],
-                                                  cross=list(cross) if stacked else [cross], temp=temp, m_u=m_u,
-                                                  m_l=m_l, hinge=hinge))
+    combined = combined_terms(torch.cat([xs, ys]), [(p, count + p) for p in range(count)],
+                              cross=list(cross) if stacked else [cross], temp=temp, m_u=m_u, m_l=m_l, hinge=hinge)
     return combined if stacked else tuple(term[0] for term in combined)

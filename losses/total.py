@@ -1,17 +1,29 @@
 """The training loss of one iteration: AaSM on three pairs, plus the re-gauged BCR weighted by IE."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 from easydict import EasyDict
 
-from losses.bcr import nonzero_mean
-from losses.pairs import combine_directions, pairwise_terms
+from losses import pairs, reference
 
 PAIRS = ("cross", "face", "voice")
 # (X, Y) of each pair as indices into the stack (face, face′, voice, voice′); direction 1 has anchors Y.
 PAIR_INDICES = ((0, 2), (0, 1), (2, 3))
+CROSS = (True, False, False)
+# `training.loss_impl`: how the per-row terms are computed. Both give the same values and gradients.
+ROW_TERMS = {"fused": pairs.combined_terms, "reference": reference.combined_terms}
+# `auto` takes the fused terms from this batch size on, where they run at least twice as fast as the
+# reference (forward + backward, one CPU thread, bench/loss.py); below it, the plain definition.
+FUSED_FROM_BATCH = 64
+
+
+def row_terms(loss_impl: str, batch_size: int) -> Callable[..., reference.Terms]:
+    """The per-row terms function that `training.loss_impl` names, `auto` resolved by the batch size."""
+    if loss_impl == "auto":
+        loss_impl = "fused" if batch_size >= FUSED_FROM_BATCH else "reference"
+    return ROW_TERMS[loss_impl]
 
 
 class IterationLoss(NamedTuple):
@@ -32,27 +44,15 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
     """
     cfg = cfg_training
     with torch.autocast(device_type=face.device.type, enabled=False):
-        face, face_aux, voice, voice_aux = (x.float() for x in (face, face_aux, voice, voice_aux))
-        size = face.shape[0]
-        options = dict(temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l, hinge=cfg.H)
-        # The three pairs in one batched call; rows of every term: PAIRS.
-        aasm, bcr, correct = combine_directions(*pairwise_terms(
-            torch.stack([face, face_aux, voice, voice_aux]), PAIR_INDICES, cross=(True, False, False), **options))
-        if cfg.bcr_detach:
-            bcr = bcr.detach()  # the release: BCR changes only the logged loss
-        if cfg.weighted_enabled:
-            regauge = nonzero_mean(bcr * identity_weights.float()).sum()
-        else:
-            regauge = bcr.mean(dim=-1).sum()  # the release without IE: zeros included
+        embeddings = torch.stack([face, face_aux, voice, voice_aux]).float()
+        terms_of = row_terms(cfg.loss_impl, embeddings.shape[1])
+        aasm, bcr, correct = terms_of(embeddings, PAIR_INDICES, cross=CROSS, temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l,
+                                      hinge=cfg.H)
+        loss, regauge = reference.iteration_loss(aasm, bcr, identity_weights.float(), iteration, cfg)
 
-        aasm_means = aasm.mean(dim=-1)  # mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) = their sum
-        loss = aasm_means.sum()
-        if iteration >= cfg.regauge_iter:
-            loss = loss + cfg.regauge_weight * regauge
-
-    aasm_means, bcr_means = aasm_means.detach(), bcr.detach().mean(dim=-1)
+    aasm_means, bcr_means = aasm.detach().mean(dim=-1), bcr.detach().mean(dim=-1)
     terms = {f"aasm_{name}": aasm_means[k] for k, name in enumerate(PAIRS)}
     terms.update({f"bcr_{name}": bcr_means[k] for k, name in enumerate(PAIRS)})
     terms["regauge"] = regauge.detach()
-    terms["rank_accuracy"] = correct[0].float().mean() / (size - 1)
+    terms["rank_accuracy"] = correct[0].float().mean() / (face.shape[0] - 1)
     return IterationLoss(loss, terms, correct[0])

@@ -23,7 +23,7 @@ LOGGER = "utils.checkpoint"
 
 
 def seeded_released_state_dict() -> dict:
-    """The released layout filled by the reference README's seeded rule."""
+    """The released layout filled by the seeded rule under which encoder_case.pt's embeddings were computed."""
     with open(os.path.join(DATA, "released_state_dict_manifest.json")) as f:
         manifest = json.load(f)
     fixed = torch.load(os.path.join(DATA, "encoder_case.pt"), weights_only=True)["fixed_buffers"]

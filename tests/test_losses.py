@@ -3,15 +3,16 @@ import os
 
 import pytest
 import torch
-import torch.nn.functional as F
 from easydict import EasyDict
 from torch.utils._python_dispatch import TorchDispatchMode
 from scipy.stats import norm
 
 import losses.pairs as pairs_module
+import losses.total as total_module
 from helpers import DATA, ROOT
 from losses import (InstanceEquilibrium, bidirectional_terms, nonzero_mean, pair_terms, pairwise_terms,
                     should_refresh, total_loss)
+from losses import reference
 from utils.config import load_config
 from train import loss_and_update_equilibrium
 
@@ -44,12 +45,21 @@ def assert_relative(actual, expected, rtol=1e-5):
                                expected.to(actual.dtype), rtol=rtol, atol=1e-7)
 
 
+def reference_pair_terms(anchors, candidates, *, cross, temp, m_u, m_l, hinge):
+    """`pair_terms` of one direction from the plain definition."""
+    offset = reference.CROSS_MODAL_OFFSET if cross else reference.INTRA_MODAL_OFFSET
+    return (reference.aasm(anchors, candidates, offset, temp),
+            reference.bcr(anchors, candidates, m_u=m_u, m_l=m_l, hinge=hinge),
+            reference.correct_rankings(anchors, candidates))
+
+
 @pytest.mark.parametrize("index", range(len(CASES)))
 @pytest.mark.parametrize("direction", DIRECTIONS)
-def test_pair_terms_match_the_release(index, direction):
+@pytest.mark.parametrize("terms_of", [pair_terms, reference_pair_terms], ids=["fused", "reference"])
+def test_pair_terms_match_the_release(index, direction, terms_of):
     case = CASES[index]
     anchors, candidates, cross = DIRECTIONS[direction]
-    aasm, bcr, correct = pair_terms(case[anchors], case[candidates], cross=cross, **options(case))
+    aasm, bcr, correct = terms_of(case[anchors], case[candidates], cross=cross, **options(case))
     assert aasm.shape == bcr.shape == correct.shape == (case[anchors].shape[0],)
     assert_relative(aasm, case[f"aasm[{direction}]"])
     assert_relative(bcr, case[f"bcr[{direction}]"])
@@ -63,15 +73,21 @@ def test_reference_cases_exercise_bcr():
     assert {case["hinge"] for case in CASES} == {True, False}
 
 
+def reference_bidirectional_terms(x, y, *, cross, **opts):
+    """`bidirectional_terms` of one pair from the plain definition."""
+    return tuple(term[0] for term in reference.combined_terms(torch.stack([x, y]), [(0, 1)], cross=[cross], **opts))
+
+
 @pytest.mark.parametrize("index", range(len(CASES)))
-def test_bidirectional_terms_combine_both_directions(index):
+@pytest.mark.parametrize("terms_of", [bidirectional_terms, reference_bidirectional_terms], ids=["fused", "reference"])
+def test_bidirectional_terms_combine_both_directions(index, terms_of):
     case = CASES[index]
     for x, y, cross, forward, backward in [
         ("face", "voice", True, "voice->face", "face->voice"),
         ("face", "face_aux", False, "face_aux->face", "face->face_aux"),
         ("voice", "voice_aux", False, "voice_aux->voice", "voice->voice_aux"),
     ]:
-        aasm, bcr, correct = bidirectional_terms(case[x], case[y], cross=cross, **options(case))
+        aasm, bcr, correct = terms_of(case[x], case[y], cross=cross, **options(case))
         assert_relative(aasm, 0.5 * (case[f"aasm[{forward}]"] + case[f"aasm[{backward}]"]))
         b1, b2 = case[f"bcr[{forward}]"], case[f"bcr[{backward}]"]
         count = (b1 != 0).float() + (b2 != 0).float()
@@ -164,23 +180,49 @@ def test_gradients_are_finite_and_reach_every_input_through_bcr(hinge):
     assert any(not torch.allclose(g, a) for g, a in zip(with_bcr, aasm_only))
 
 
-def formula_terms(anchors, candidates, c, *, temp, m_u, m_l, hinge, margin=0.15):
-    """METHOD.md's (ℓ, b) of one direction, written plainly with autograd: the oracle for the written-out gradient."""
-    eye = torch.eye(anchors.shape[0], dtype=torch.bool)
-    anchors_unit, candidates_unit = F.normalize(anchors, dim=1), F.normalize(candidates, dim=1)
-    cosines, candidate_cosines = anchors_unit @ candidates_unit.T, candidates_unit @ candidates_unit.T
-    positives = cosines.diagonal()[:, None]
-    scores = anchors.norm(dim=1, keepdim=True) * cosines
-    aasm = torch.log(c + torch.exp((scores - scores.diagonal()[:, None]) / temp).masked_fill(eye, 0).sum(1))
-    if hinge:
-        raw = cosines - positives + m_l
-    else:  # a⁺, a⁻ are constants
-        raw = (torch.relu(cosines + m_l).detach() * (cosines - m_l)
-               - torch.relu(1 + m_l - positives).detach() * (positives - (1 - m_l)))
-    loose = (raw > 0) & ~eye
-    regauged = torch.where(loose, raw + torch.relu(candidate_cosines + margin - positives)
-                           + torch.relu(cosines - candidate_cosines + margin), 0)
-    return aasm, regauged.sum(1) / loose.sum(1).clamp(min=1) * (positives.squeeze(1) > m_u)
+def loss_and_gradients(case, loss_impl, iteration, **changes):
+    inputs = case_inputs(case, requires_grad=True)
+    weights = torch.linspace(0.5, 1.5, case["face"].shape[0])
+    loss, terms, correct = total_loss(*inputs, weights, iteration, training_cfg(case, loss_impl=loss_impl, **changes))
+    loss.backward()
+    return loss, terms, correct, [x.grad for x in inputs]
+
+
+@pytest.mark.parametrize("index", range(len(CASES)))
+@pytest.mark.parametrize("changes", [{}, {"weighted_enabled": False}, {"bcr_detach": True}, {"iteration": 0}],
+                         ids=["weighted", "unweighted", "detached", "before-regauge"])
+def test_fused_loss_matches_the_reference(index, changes):
+    case = CASES[index]
+    changes = dict(changes)
+    iteration = changes.pop("iteration", RELEASED_TRAINING.regauge_iter)
+    fused = loss_and_gradients(case, "fused", iteration, **changes)
+    plain = loss_and_gradients(case, "reference", iteration, **changes)
+    assert_relative(fused[0], plain[0])
+    assert fused[1].keys() == plain[1].keys()
+    for name in plain[1]:
+        assert_relative(fused[1][name], plain[1][name])
+    assert torch.equal(fused[2], plain[2])
+    for ours, definition in zip(fused[3], plain[3]):
+        assert definition.abs().sum() > 0
+        torch.testing.assert_close(ours, definition, rtol=1e-4, atol=1e-6)
+
+
+def test_auto_takes_the_fused_terms_from_the_measured_batch_size(monkeypatch):
+    calls = []
+
+    def recorded(name, terms_of):
+        def call(*args, **kwargs):
+            calls.append(name)
+            return terms_of(*args, **kwargs)
+        return call
+
+    for name, terms_of in total_module.ROW_TERMS.items():
+        monkeypatch.setitem(total_module.ROW_TERMS, name, recorded(name, terms_of))
+    threshold = total_module.FUSED_FROM_BATCH
+    for size in (threshold - 1, threshold):
+        inputs = random_embeddings(size).float().unbind(0)
+        total_loss(*inputs, torch.ones(size), 0, training_cfg(CASES[0], loss_impl="auto"))
+    assert calls == ["reference", "fused"]
 
 
 def random_embeddings(size, dim=16, seed=0):
@@ -205,9 +247,10 @@ def test_written_out_gradient_matches_autograd_of_the_formulas(hinge, size):
     expected = []
     for (x, y), c in zip(PAIRS, cross):
         offset = 5.4 if c else 6.0
-        (aasm1, bcr1), (aasm2, bcr2) = (formula_terms(embeddings[y], embeddings[x], offset, **opts),
-                                        formula_terms(embeddings[x], embeddings[y], offset, **opts))
-        expected.append(torch.stack([aasm1, aasm2, bcr1, bcr2]))
+        directions = [(embeddings[y], embeddings[x]), (embeddings[x], embeddings[y])]
+        aasm_terms = [reference.aasm(p, q, offset, opts["temp"]) for p, q in directions]
+        bcr_terms = [reference.bcr(p, q, m_u=opts["m_u"], m_l=opts["m_l"], hinge=hinge) for p, q in directions]
+        expected.append(torch.stack(aasm_terms + bcr_terms))
     expected = torch.stack(expected, dim=1)
     assert (expected[2:] != 0).float().mean() > 0.3  # BCR is at work on most rows
     torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
@@ -258,12 +301,13 @@ class SynchronisationRecorder(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@pytest.mark.parametrize("loss_impl", ["fused", "reference"])
 @pytest.mark.parametrize("bcr_detach", [False, True])
-def test_total_loss_has_no_synchronising_operations(bcr_detach):
+def test_total_loss_has_no_synchronising_operations(bcr_detach, loss_impl):
     # The CPU stand-in for the CUDA check below: no operation in the loss, its gradient or an IE
     # refresh reads a value back to the host or sizes a tensor by its contents.
     case = CASES[0]
-    cfg = training_cfg(case, warm_up=1, weight_update_iter=1, bcr_detach=bcr_detach)
+    cfg = training_cfg(case, warm_up=1, weight_update_iter=1, bcr_detach=bcr_detach, loss_impl=loss_impl)
     inputs = case_inputs(case, requires_grad=True)
     with SynchronisationRecorder() as recorder:
         loss, terms, _ = loss_and_update_equilibrium(inputs, torch.arange(20), InstanceEquilibrium(20),
@@ -377,16 +421,17 @@ def test_same_seed_gives_the_same_first_loss():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_total_loss_never_synchronises_on_cuda():
+@pytest.mark.parametrize("loss_impl", ["fused", "reference"])
+def test_total_loss_never_synchronises_on_cuda(loss_impl):
     case = CASES[0]
-    cfg = training_cfg(case, warm_up=1, weight_update_iter=1)
+    cfg = training_cfg(case, warm_up=1, weight_update_iter=1, loss_impl=loss_impl)
     inputs = [x.cuda().requires_grad_() for x in case_inputs(case)]
     equilibrium = InstanceEquilibrium(20).cuda()
     labels = torch.arange(20, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss, _ = total_loss(*inputs, labels, equilibrium, cfg.regauge_iter, cfg)  # refresh included
+        loss, _, _ = loss_and_update_equilibrium(inputs, labels, equilibrium, cfg.regauge_iter, cfg)  # refresh included
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)

@@ -94,6 +94,9 @@ DEFAULTS: dict[str, Any] = {
         "weight_update_iter": 920,
         "weighted_enabled": True,
         "bcr_detach": False,
+        # How the loss is computed, with the same values and gradients: reference (losses/reference.py,
+        # plain autograd), fused (losses/pairs.py, a written-out gradient), auto (fused from batch 64).
+        "loss_impl": "auto",
         "val_start": 6888,
         "val_iter": 6888,
         "save_iter": 6888,
@@ -120,6 +123,7 @@ DEFAULTS: dict[str, Any] = {
 
 CHOICES: dict[str, tuple] = {
     "training.amp": ("off", "bf16", "fp16"),
+    "training.loss_impl": ("auto", "fused", "reference"),
     "testing.split": ("val", "test"),
 }
 

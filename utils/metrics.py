@@ -1,4 +1,4 @@
-"""Evaluation metrics of the voice-face protocol (PROTOCOL.md "Metrics"), vectorised.
+"""Evaluation metrics of the voice-face protocol (README, "Protocol"), vectorised.
 
 Score = cosine similarity. This is the one reader of list files: `read_key_table` and
 `read_retrieval_keys` give their keys (data.prepare checks lists with them), `read_list` and
