@@ -22,7 +22,7 @@ import cv2
 import lmdb
 import numpy as np
 import soundfile
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils.errors import UserError
@@ -120,14 +120,24 @@ class LmdbStore:
 
     def read_audio(self, key: str) -> np.ndarray:
         """int16 samples (T,) of a clip."""
-        return self._read(key, lambda value: np.frombuffer(value, dtype="<i2").astype(np.int16))
+        return self._read(key, decode_audio)
 
     def read_image(self, key: str) -> np.ndarray:
         """uint8 BGR image (H, W, 3)."""
-        image = self._read(key, lambda value: cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR))
+        image = self._read(key, decode_image)
         if image is None:
             raise ValueError(f"{self.path}: the image '{key}' does not decode")
         return image
+
+
+def decode_audio(value: bytes | memoryview) -> np.ndarray:
+    """Stored audio bytes -> int16 samples (T,), a copy."""
+    return np.frombuffer(value, dtype="<i2").astype(np.int16)
+
+
+def decode_image(value: bytes | memoryview) -> np.ndarray | None:
+    """Stored image bytes -> uint8 BGR (H, W, 3) upright by its EXIF orientation; None if they do not decode."""
+    return cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
 
 
 # ---------------------------------------------------------------------------
@@ -153,12 +163,17 @@ def encode_audio(path: str, sample_rate: int, max_samples: int) -> bytes:
     if _wav_truncated(data):
         raise BadInput("truncated WAV (the data chunk is shorter than its header says)")
     try:
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="int16", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as f:
+            rate = f.samplerate
+            if f.subtype in ("FLOAT", "DOUBLE"):  # libsndfile reads these as int16 unscaled: 0 or ±1
+                samples = np.clip(np.round(f.read(dtype="float32", always_2d=True) * 32768), -32768, 32767)
+            else:
+                samples = f.read(dtype="int16", always_2d=True)
     except Exception as e:  # libsndfile says why in its message
         raise BadInput(f"unreadable audio: {e}") from None
     if samples.shape[0] == 0:
         raise BadInput("zero-length clip")
-    clip = samples[:, 0]  # the release takes the first channel of a multi-channel file
+    clip = samples[:, 0].astype(np.int16)  # the release takes the first channel of a multi-channel file
     if rate != sample_rate:
         import librosa
 
@@ -169,8 +184,8 @@ def encode_audio(path: str, sample_rate: int, max_samples: int) -> bytes:
     return clip[:max_samples].astype("<i2").tobytes()
 
 
-def encode_image(path: str, size: int | None) -> bytes:
-    """The JPEG bytes as they are, or re-encoded after a bilinear resize to size x size."""
+def load_image_file(path: str) -> tuple[bytes, np.ndarray]:
+    """A photo's bytes and its decoded BGR image; BadInput when it is empty, truncated or undecodable."""
     with open(path, "rb") as f:
         data = f.read()
     if not data:
@@ -178,18 +193,30 @@ def encode_image(path: str, size: int | None) -> bytes:
     try:
         with Image.open(io.BytesIO(data)) as probe:
             probe.load()  # raises on a truncated file, which a lenient decoder would pad silently
+    except UnidentifiedImageError:
+        raise BadInput("unreadable image: not an image format Pillow knows") from None
     except Exception as e:
         raise BadInput(f"unreadable image: {e}") from None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = decode_image(data)
     if image is None:
         raise BadInput("unreadable image: OpenCV cannot decode it")
-    if size is None:
-        return data
+    return data, image
+
+
+def resized_jpeg(image: np.ndarray, size: int) -> bytes:
+    """A BGR image resized (bilinear) to size x size, as the JPEG a store with `store_image_size` holds."""
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
     return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
 
 
-def _encode_one(encode: Callable[[str], bytes], item: tuple[str, str]) -> tuple[str, bytes | None, str]:
+def encode_image(path: str, size: int | None) -> bytes:
+    """The JPEG bytes as they are, or re-encoded after a bilinear resize to size x size."""
+    data, image = load_image_file(path)
+    return data if size is None else resized_jpeg(image, size)
+
+
+def encode_or_reason(encode: Callable[[str], object], item: tuple[str, str]) -> tuple[str, object | None, str]:
+    """(key, encode(source), "") or (key, None, why the source is unusable): a bad file never raises."""
     key, source = item
     try:
         return key, encode(source), ""
@@ -294,7 +321,7 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Callable[[str],
                 txn.delete(raw)  # a file no longer wanted
     todo = [(k, s) for k, s in items if k not in done and s not in known_bad]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="file")
-    encode_item = partial(_encode_one, encode)
+    encode_item = partial(encode_or_reason, encode)
     pool = Pool(workers) if workers > 1 and len(todo) > 64 else None
     results = pool.imap(encode_item, todo, chunksize=16) if pool else map(encode_item, todo)
     try:
