@@ -92,7 +92,7 @@ def test_voice_against_faces_from_the_command_line(model_run, tmp_path):
     result = json.loads(out.read_text())
     assert set(result) == {"query", "candidates", "match", "skipped"} and result["query"] == voice
     assert result["skipped"] == [{"path": str(bad), "reason": "unreadable image: not an image format Pillow knows"}]
-    assert f"skipped {bad}: unreadable image" in process.stderr and "Traceback" not in process.stderr
+    assert f"skipped {bad}: unreadable image" in process.stdout and "Traceback" not in process.stderr
     expected = dict(zip(run["faces"], feature_cosines(run, run["voices"][:1], run["faces"][:4])[0]))
     candidates = result["candidates"]
     assert [c["rank"] for c in candidates] == [1, 2, 3, 4]
@@ -134,7 +134,7 @@ def test_pairs_file_scores_every_line(model_run, tmp_path):
     process = run_test_py(run, f"output_dir={tmp_path / 'runs'}", "--pairs", str(pairs), "--root", root,
                           "--output", str(out))
     assert process.returncode == 0, process.stderr
-    assert f"skipped {os.path.join(root, 'wav/missing.wav')}: cannot read" in process.stderr
+    assert f"skipped {os.path.join(root, 'wav/missing.wav')}: cannot read" in process.stdout
     with open(out) as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["line", "query", "candidate", "score", "rank"]

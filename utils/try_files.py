@@ -14,8 +14,8 @@ import argparse
 import csv
 import json
 import os
-import sys
 from dataclasses import asdict
+from typing import Callable, TextIO
 
 import numpy as np
 from easydict import EasyDict
@@ -28,6 +28,7 @@ OTHER = {"voice": "face", "face": "voice"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """test.py's flags for own files (the module docstring shows them in use)."""
     group = parser.add_argument_group("your own files (instead of the test lists)")
     group.add_argument("--voice", metavar="AUDIO", help="a recording to match against --faces")
     group.add_argument("--faces", nargs="+", metavar="IMAGE", help="candidate photos for --voice")
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace, cfg: EasyDict, checkpoint: str) -> dict:
 
 def _report_skipped(skipped: list[Skipped]) -> None:
     for entry in skipped:
-        print(f"skipped {entry.path}: {entry.reason}", file=sys.stderr)
+        print(f"skipped {entry.path}: {entry.reason}")
 
 
 def rank_candidates(matcher: VoiceFaceMatcher, modality: str, query: str, candidates: list[str],
@@ -175,7 +176,7 @@ def score_pairs(matcher: VoiceFaceMatcher, pairs: str, root: str | None, output:
     result = {"line": np.asarray(numbers)[line], "query": tokens[query], "candidate": tokens[candidate],
               "score": scores, "rank": ranks, "skipped": skipped}
 
-    def write_csv(f) -> None:
+    def write_csv(f: TextIO) -> None:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["line", "query", "candidate", "score", "rank"])
         writer.writerows(zip(result["line"].tolist(), result["query"].tolist(), result["candidate"].tolist(),
@@ -188,7 +189,7 @@ def score_pairs(matcher: VoiceFaceMatcher, pairs: str, root: str | None, output:
     return result
 
 
-def _write(path: str, write) -> None:
+def _write(path: str, write: Callable[[TextIO], object]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     with open(path, "w", newline="") as f:
