@@ -8,6 +8,12 @@ the embeddings in the released features format at
 `testing.extracted_features_path`, then evaluate. With --features: evaluate a
 features file in that format, no model needed.
 
+    python test.py --cfg CFG --voice clip.wav --faces a.jpg b.jpg [--output out.json] [--plot out.png]
+    python test.py --cfg CFG --face x.jpg --voices v1.wav v2.flac [--output out.json] [--plot out.png]
+    python test.py --cfg CFG --pairs FILE [--root DIR] --output out.csv
+
+With --voice, --face or --pairs: score your own files with that checkpoint instead (utils/try_files.py).
+
 Writes `testing.result_path` (one `list value` line per list, in %), a JSON
 beside it with every value, its 95% interval and the provenance of the
 embeddings, and PNG plots (ROC curves, score histograms).
@@ -24,7 +30,7 @@ import torch
 from data.lists import check_keys, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE
 from data.provenance import file_digest, store_summary
-from utils import metrics
+from utils import metrics, try_files
 from utils.config import config_to_dict, load_config, run_dir
 from utils.distributed import device_of
 from utils.errors import UserError
@@ -176,8 +182,12 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--cfg", required=True, help="YAML config (config/cfg.yaml, config/synthetic.yaml)")
     parser.add_argument("--features", help="evaluate this features file (released format) instead of a model")
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
+    try_files.add_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.cfg, args.opts)
+    if try_files.requested(args, parser):
+        try_files.run(args, cfg, checkpoint_of(cfg))
+        return []
     split = cfg.testing.split
     checkpoint = None if args.features else checkpoint_of(cfg)
     lists = evaluation_lists(split, cfg.dataset.match_n, cfg.dataset.list_dir)

@@ -178,8 +178,18 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[str, torch.Tensor]:
         key = self.keys[index]
         if self.modality == "face":
-            return key, to_tensor(resize_face(self.store.read_image(key), self.image_size))
-        return key, torch.from_numpy(tile_clip(self.store.read_audio(key), self.samples))
+            return key, eval_face(self.store.read_image(key), self.image_size)
+        return key, eval_voice(self.store.read_audio(key), self.samples)
+
+
+def eval_face(image: np.ndarray, size: int) -> torch.Tensor:
+    """The evaluation transform of a face: BGR uint8 (H, W, 3) -> (3, size, size) uint8, resized only."""
+    return to_tensor(resize_face(image, size))
+
+
+def eval_voice(clip: np.ndarray, samples: int) -> torch.Tensor:
+    """The evaluation transform of a clip: int16 (T,) -> (samples,) int16, tiled to the full length."""
+    return torch.from_numpy(tile_clip(clip, samples))
 
 
 def as_float(batch: torch.Tensor, device: torch.device) -> torch.Tensor:

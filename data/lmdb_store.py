@@ -22,7 +22,7 @@ import cv2
 import lmdb
 import numpy as np
 import soundfile
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils.errors import UserError
@@ -139,10 +139,15 @@ class LmdbStore:
 
     def read_image(self, key: str) -> np.ndarray:
         """uint8 BGR image (H, W, 3)."""
-        image = self._read(key, lambda value: cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR))
+        image = self._read(key, image_of_bytes)
         if image is None:
             raise ValueError(f"{self.path}: the image '{key}' does not decode")
         return image
+
+
+def image_of_bytes(value: bytes | memoryview) -> np.ndarray | None:
+    """Stored image bytes -> uint8 BGR (H, W, 3) upright by its EXIF orientation; None if they do not decode."""
+    return cv2.imdecode(np.frombuffer(value, np.uint8), cv2.IMREAD_COLOR)
 
 
 # ---------------------------------------------------------------------------
@@ -206,8 +211,8 @@ def encode_audio(path: str, sample_rate: int, max_samples: int) -> tuple[bytes, 
     return clip.astype("<i2").tobytes(), note
 
 
-def encode_image(path: str, size: int | None) -> tuple[bytes, str]:
-    """The JPEG bytes as they are, or re-encoded after a bilinear resize to size x size (no note)."""
+def load_image_file(path: str) -> tuple[bytes, np.ndarray]:
+    """A photo's bytes and its decoded BGR image; BadInput when it is empty, truncated or undecodable."""
     with open(path, "rb") as f:
         data = f.read()
     if not data:
@@ -216,22 +221,33 @@ def encode_image(path: str, size: int | None) -> tuple[bytes, str]:
     try:
         with Image.open(buffer) as probe:
             probe.load()  # raises on a truncated file, which a lenient decoder would pad silently
+    except UnidentifiedImageError:
+        raise BadInput(path, "unreadable image: not an image format Pillow knows") from None
     except Exception as e:
         raise BadInput(path, f"unreadable image: {str(e).replace(repr(buffer), path)}") from None
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    image = image_of_bytes(data)
     if image is None:
         raise BadInput(path, "unreadable image: OpenCV cannot decode it")
-    if size is None:
-        return data, ""
+    return data, image
+
+
+def resized_jpeg(image: np.ndarray, size: int) -> bytes:
+    """A BGR image resized (bilinear) to size x size, as the JPEG a store with `store_image_size` holds."""
     image = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes(), ""
+    return cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])[1].tobytes()
 
 
-Encoder = Callable[[str], tuple[bytes, str]]  # source file -> (stored value, note or ''); raises BadInput
+def encode_image(path: str, size: int | None) -> tuple[bytes, str]:
+    """The JPEG bytes as they are, or re-encoded after a bilinear resize to size x size (no note)."""
+    data, image = load_image_file(path)
+    return (data if size is None else resized_jpeg(image, size)), ""
 
 
-def _encode_one(encode: Encoder, item: tuple[str, str]) -> tuple[str, bytes | None, str]:
-    """(key, value, note) of a stored file, or (key, None, reason) of a skipped one."""
+Encoder = Callable[[str], tuple[object, str]]  # source file -> (value, note or ''); raises BadInput
+
+
+def encode_or_reason(encode: Encoder, item: tuple[str, str]) -> tuple[str, object | None, str]:
+    """(key, value, note) of a usable file, or (key, None, why it is unusable): a bad file never raises."""
     key, source = item
     try:
         return key, *encode(source)
@@ -344,7 +360,7 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Encoder, params
                 txn.delete(raw)  # a file no longer wanted
     todo = [(k, s) for k, s in items if k not in done and s not in known_bad]
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="file")
-    encode_item = partial(_encode_one, encode)
+    encode_item = partial(encode_or_reason, encode)
     pool = Pool(workers) if workers > 1 and len(todo) > 64 else None
     results = pool.imap(encode_item, todo, chunksize=16) if pool else map(encode_item, todo)
     try:

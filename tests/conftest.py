@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny prepared synthetic corpus, built once per test session."""
+"""Shared fixtures, built once per test session: a tiny prepared synthetic corpus, a short training run."""
 import os
 import sys
 
@@ -10,7 +10,7 @@ if ROOT not in sys.path:
 
 from data.prepare import prepare  # noqa: E402
 from data.synthetic import generate_corpus  # noqa: E402
-from helpers import TINY_IDENTITIES, tiny_config  # noqa: E402
+from helpers import SYNTHETIC, TINY_IDENTITIES, short_run_opts, tiny_config  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +27,16 @@ def tiny_cfg(tiny_root):
     cfg = tiny_config(tiny_root)
     prepare(cfg)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def short_run(tmp_path_factory) -> dict:
+    """train.py from nothing: the corpus root, the opts, the training summary and the run folder of a short run."""
+    from train import train
+    from utils.config import load_config
+
+    output = tmp_path_factory.mktemp("short_run")
+    root = str(output / "corpus")
+    opts = short_run_opts(root, str(output))
+    summary = train(load_config(SYNTHETIC, opts))
+    return {"root": root, "opts": opts, "summary": summary, "run_dir": str(output / "short")}

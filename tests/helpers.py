@@ -5,6 +5,7 @@ from utils.config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")  # reference values, copied from the release's outputs
+SYNTHETIC = os.path.join(ROOT, "config", "synthetic.yaml")
 
 TINY_IDENTITIES = 16
 # id00001 has no face folder (the corpus' faceless rule at this size), so val has 5 usable
@@ -13,11 +14,27 @@ TINY_RANGES = ["dataset.split_ranges.val=[id00001, id00006]", "dataset.split_ran
                "dataset.split_ranges.train=[id00012, id00016]"]
 
 
-def tiny_config(root: str, *extra: str):
-    """The synthetic config pointed at a corpus under `root`, with the tiny corpus' split ranges."""
-    opts = [f"dataset.audio_data_dir={root}/wav", f"dataset.image_data_dir={root}/VGG_ALL_FRONTAL",
+def tiny_opts(root: str) -> list[str]:
+    """The --opts that point the synthetic config at the tiny corpus under `root`."""
+    return [f"dataset.audio_data_dir={root}/wav", f"dataset.image_data_dir={root}/VGG_ALL_FRONTAL",
             f"dataset.meta_file={root}/vox1_meta.csv", f"dataset.list_dir={root}/lists",
             f"dataset.lmdb_dir={root}/lmdb", f"dataset.synthetic.root={root}",
             f"dataset.synthetic.identities={TINY_IDENTITIES}", "dataset.num_workers=0",
-            "dataset.image_size=112", "dataset.store_image_size=112", "training.batch_size=4", *TINY_RANGES, *extra]
-    return load_config(os.path.join(ROOT, "config", "synthetic.yaml"), opts)
+            "dataset.image_size=112", "dataset.store_image_size=112", "training.batch_size=4", *TINY_RANGES]
+
+
+def tiny_config(root: str, *extra: str):
+    """The synthetic config pointed at a corpus under `root`, with the tiny corpus' split ranges."""
+    return load_config(SYNTHETIC, tiny_opts(root) + list(extra))
+
+
+def short_run_opts(root: str, output_dir: str) -> list[str]:
+    """An 80-identity corpus under `root` and a 400-iteration schedule of the synthetic method (about two minutes)."""
+    return [f"dataset.audio_data_dir={root}/wav", f"dataset.image_data_dir={root}/VGG_ALL_FRONTAL",
+            f"dataset.meta_file={root}/vox1_meta.csv", f"dataset.list_dir={root}/lists",
+            f"dataset.lmdb_dir={root}/lmdb", f"dataset.synthetic.root={root}", "dataset.synthetic.identities=80",
+            "dataset.split_ranges.val=[id00001, id00010]", "dataset.split_ranges.test=[id00011, id00040]",
+            "dataset.split_ranges.train=[id00041, id00080]", f"output_dir={output_dir}", "exp_name=short",
+            "training.max_iter=400", "training.lr_steps=[300]", "training.regauge_iter=300", "training.warm_up=200",
+            "training.weight_update_iter=50", "training.val_start=200", "training.val_iter=200",
+            "training.save_iter=200", "testing.bootstrap=50"]

@@ -81,7 +81,7 @@ def test_existing_list_is_read_as_the_evaluation_reads_it(tmp_path, lists_copy):
     lines[2] += " " + lines[2].split()[1]  # three paths on a verification line
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
-    with pytest.raises(ListError, match=rf"verify_g_f2v_test\.txt, line 3: malformed, expected 2 .* found 3"):
+    with pytest.raises(ListError, match=r"verify_g_f2v_test\.txt, line 3: malformed, expected 2 .* found 3"):
         prepare(lists_copy)
     os.remove(path)
     match = os.path.join(list_dir, "match_v2f_2_val.txt")

@@ -1,6 +1,8 @@
 """Embedding extraction and the validation score, shared by train.py and test.py."""
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 import torch
 from easydict import EasyDict
@@ -14,19 +16,29 @@ VALIDATION_LIST = "match_v2f_2_val"
 
 
 @torch.no_grad()
-def embed(model: torch.nn.Module, cfg: EasyDict, keys: list[str], modality: str, device: torch.device,
-          progress: bool = True) -> torch.Tensor:
-    """Embeddings (len(keys), D) through the eval transform, batched across identities."""
+def embed_batches(model: torch.nn.Module, batches: Iterable[tuple[list[str], torch.Tensor]], modality: str,
+                  device: torch.device, progress: bool = True, description: str = "") -> tuple[list[str], torch.Tensor]:
+    """(keys, embeddings (N, D)) of batches (keys, eval-transformed uint8 / int16 inputs), in batch order.
+
+    No batch at all gives an empty (0, 0) tensor.
+    """
     encode = model.encode_voice if modality == "voice" else model.encode_face
     out, seen = [], []
-    loader = eval_loader(cfg, keys, modality)
-    for batch_keys, inputs in tqdm(loader, desc=f"embedding {len(keys)} {modality} files", unit="batch",
+    for batch_keys, inputs in tqdm(batches, desc=description or f"embedding {modality} files", unit="batch",
                                    disable=not progress, leave=False):
         out.append(encode(as_float(inputs, device)).float().cpu())
         seen.extend(batch_keys)
+    return seen, torch.cat(out) if out else torch.empty(0, 0)
+
+
+def embed(model: torch.nn.Module, cfg: EasyDict, keys: list[str], modality: str, device: torch.device,
+          progress: bool = True) -> torch.Tensor:
+    """Embeddings (len(keys), D) through the eval transform, batched across identities."""
+    seen, embeddings = embed_batches(model, eval_loader(cfg, keys, modality), modality, device, progress,
+                                     f"embedding {len(keys)} {modality} files")
     if seen != keys:
         raise RuntimeError("EvalDataset returned the files in another order than asked")
-    return torch.cat(out)
+    return embeddings
 
 
 def validate(model: torch.nn.Module, cfg: EasyDict, device: torch.device) -> float:

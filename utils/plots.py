@@ -1,5 +1,7 @@
-"""Figures of a test run: ROC curves and score histograms of the verification lists."""
+"""Figures of a test run (ROC curves and score histograms of the verification lists) and of a match of own files."""
 from __future__ import annotations
+
+import os
 
 import matplotlib
 
@@ -38,6 +40,55 @@ def score_histograms(verification: dict[str, tuple[np.ndarray, np.ndarray]], pat
         axes.set(title=name, xlabel="cosine score")
         axes.legend(fontsize="small")
     panels[0][0].set_ylabel("density")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+BEST = "#1a9850"  # the frame of the best match
+
+
+def _show_input(axes, modality: str, array: np.ndarray, sample_rate: int) -> None:
+    """A face (BGR image) as it is, a voice (int16 clip) as its spectrogram up to 8 kHz."""
+    if modality == "face":
+        axes.imshow(array[..., ::-1])
+        axes.set(xticks=[], yticks=[])
+        return
+    axes.specgram(array.astype(np.float32) / 32768, NFFT=512, Fs=sample_rate, noverlap=384, cmap="magma")
+    axes.set(xlabel="s", yticks=[0, sample_rate // 4, sample_rate // 2],
+             yticklabels=["0", f"{sample_rate // 4000}k", f"{sample_rate // 2000}k Hz"])
+    axes.tick_params(labelsize="x-small")
+
+
+def _short(path: str, limit: int = 28) -> str:
+    """The file name and its folder's, cut at the front to `limit` characters."""
+    name = "/".join(os.path.normpath(path).split(os.sep)[-2:])
+    return name if len(name) <= limit else "…" + name[1 - limit:]
+
+
+def match_figure(query: tuple[str, np.ndarray], modality: str, candidates: list[tuple[str, np.ndarray, float]],
+                 path: str, sample_rate: int, per_row: int = 5) -> str:
+    """The query (path, array) beside its candidates [(path, array, score)], best first, the best framed; PNG."""
+    other = "voice" if modality == "face" else "face"
+    columns = min(len(candidates), per_row)
+    rows = -(-len(candidates) // columns)
+    figure, panels = plt.subplots(rows, columns + 1, figsize=(2.6 * (columns + 1), 2.9 * rows), squeeze=False)
+    _show_input(panels[0][0], modality, query[1], sample_rate)
+    panels[0][0].set_title(f"query ({modality})\n{_short(query[0])}", fontsize="small", fontweight="bold")
+    for axes in panels[1:, 0]:
+        axes.axis("off")
+    for cell in range(len(candidates), rows * columns):  # the last row's empty places
+        panels[cell // columns][cell % columns + 1].axis("off")
+    for rank, (name, array, score) in enumerate(candidates, start=1):
+        axes = panels[(rank - 1) // columns][(rank - 1) % columns + 1]
+        _show_input(axes, other, array, sample_rate)
+        best = rank == 1
+        axes.set_title(f"{'best match' if best else f'rank {rank}'}: {score:.3f}\n{_short(name)}", fontsize="small",
+                       color=BEST if best else "black", fontweight="bold" if best else "normal")
+        for spine in axes.spines.values():
+            spine.set(visible=True, color=BEST if best else "0.7", linewidth=5 if best else 1)
+    figure.suptitle(f"which {other} goes with this {modality}? cosine scores", fontsize="medium")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
