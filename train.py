@@ -1,11 +1,13 @@
 """Train the voice and face encoders with AaSM, BCR and Instance Equilibrium.
 
     python train.py --cfg config/cfg.yaml [--opts training.lr=0.02 ...] [--resume auto|PATH]
+    python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2   # <run>/seed<k>/ each
     torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import os
@@ -14,6 +16,7 @@ import time
 
 import numpy as np
 import torch
+from easydict import EasyDict
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
@@ -304,8 +307,19 @@ def main() -> None:
     parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml")
     parser.add_argument("--opts", nargs="*", default=[], help="overrides: key.subkey=value ...")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for the newest")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="train one run per seed, one after another, in <output_dir>/<exp_name>/seed<k>/")
     args = parser.parse_args()
-    train(load_config(args.cfg, args.opts), resume=args.resume)
+    cfg = load_config(args.cfg, args.opts)
+    for seed_cfg in seed_configs(cfg, args.seeds):
+        train(seed_cfg, resume=args.resume)
+
+
+def seed_configs(cfg, seeds: list[int] | None) -> list:
+    """The config itself without seeds, else one copy per seed whose run folder is <run>/seed<k>."""
+    if seeds is None:
+        return [cfg]
+    return [EasyDict({**copy.deepcopy(cfg), "seed": seed, "exp_name": f"{cfg.exp_name}/seed{seed}"}) for seed in seeds]
 
 
 if __name__ == "__main__":
