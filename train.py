@@ -23,6 +23,7 @@ from tqdm import tqdm
 from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
 from losses import InstanceEquilibrium, should_refresh, total_loss
+from losses.diagnostics import TrainingDiagnostics
 from models import build_model
 from utils import distributed
 from utils.checkpoint import (
@@ -221,6 +222,7 @@ def train(cfg, resume: str | None = None) -> dict:
 
     loader = train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size)
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
+    diagnostics = TrainingDiagnostics(encoders, tcfg, writer) if tcfg.diagnostics and ctx.is_main else None
 
     def checkpoint_state(iteration: int) -> dict:
         return {"format": "aasm", "iteration": iteration, "model": model.state_dict(),
@@ -256,6 +258,11 @@ def train(cfg, resume: str | None = None) -> dict:
             writer.add_scalar("loss/total", float(loss.detach()), iteration)
             writer.add_scalar("lr", lr, iteration)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.0e}")
+        if diagnostics is not None:  # this rank's rows only
+            if refreshed:
+                diagnostics.record_weights(iteration, equilibrium.identity_weights)
+            if iteration % tcfg.log_iter == 0 or iteration == start:
+                diagnostics.record(iteration, equilibrium.weights_of(batch[3].to(device)))
 
         reached_end = last_iteration is not None and iteration == last_iteration
         if iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0 or reached_end:
@@ -287,6 +294,8 @@ def train(cfg, resume: str | None = None) -> dict:
     if ctx.is_main:
         log.info("finished %d iterations in %.1f s; best validation 1:2 v2f matching %.2f%%",
                  iteration - start + 1, elapsed, 100 * best_val)
+        if diagnostics is not None:
+            log.info(diagnostics.summary())
         writer.close()
     distributed.cleanup(ctx)
     return {"iteration": iteration, "best_val": best_val, "seconds": elapsed, "run_dir": folder}

@@ -108,6 +108,9 @@ DEFAULTS: dict[str, Any] = {
         "amp": "off",  # off | bf16 | fp16 (CUDA only)
         "channels_last": False,
         "log_iter": 20,
+        # Every log_iter: screened anchors, loose pairs, BCR's share of loss and gradient, IE weights
+        # (tensorboard `diagnostics/`, summary at the end of train.log); see losses/diagnostics.py.
+        "diagnostics": False,
         "resume": None,  # checkpoint path, or "auto" for the newest in the run folder
         "deterministic": False,
     },
