@@ -131,6 +131,7 @@ def test_compare_entry_point(tmp_path, tiny_cfg):
     assert entry["difference"] == pytest.approx(np.mean(values) - np.mean(first["lists"][name]["values"]))
     assert entry["ci95"][0] <= entry["difference"] <= entry["ci95"][1] and 0 < entry["p_value"] <= 1
     assert "Δ" in process.stdout and name in process.stdout
+    assert "checkpoints up to iteration 0 of" in process.stdout  # no periodic checkpoint: flagged as unfinished
     # Again: the features are reused, not extracted.
     again = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "reusing the features" in again.stdout and "saved to" not in again.stdout

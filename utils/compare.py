@@ -18,6 +18,7 @@ import numpy as np
 
 from data.lists import list_path
 from utils import metrics
+from utils.checkpoint import latest_checkpoint
 from utils.config import load_config
 from utils.errors import UserError
 from utils.features import Features
@@ -77,9 +78,19 @@ def run_config(folder: str, cfg):
     return run_cfg
 
 
+def warn_if_unfinished(folder: str, run_cfg) -> None:
+    """Say so when a run's newest checkpoint is short of max_iter: its best checkpoint may still change."""
+    newest = latest_checkpoint(folder)
+    reached = int(re.search(r"checkpoint_(\d+)", os.path.basename(newest)).group(1)) if newest else 0
+    if reached < run_cfg.training.max_iter:
+        print(f"warning: {folder} has checkpoints up to iteration {reached} of {run_cfg.training.max_iter} "
+              "(still training, or stopped early)")
+
+
 def evaluate_run(folder: str, cfg, lists: list[ListSpec], features_of: Callable) -> list[Result]:
     """Every list on one run's best checkpoint (cached features reused); its results written if it has none."""
     run_cfg = run_config(folder, cfg)
+    warn_if_unfinished(folder, run_cfg)
     features: Features = features_of(run_cfg, lists)
     results = evaluate(features, cfg.dataset.list_dir, lists, run_cfg.testing.bootstrap, run_cfg.testing.ci_seed)
     if not os.path.isfile(os.path.splitext(run_cfg.testing.result_path)[0] + ".json"):
