@@ -1,6 +1,7 @@
 """Evaluate a trained model on the test lists: the paper's results table.
 
     python test.py --cfg CFG [--features FILE] [--opts key=value ...]
+    python test.py --cfg CFG --compare RUN [RUN ...] [--output cmp.json]
 
 Without --features: embed every file the split's lists name with the checkpoint
 `testing.checkpoint` (ours or the released `checkpoint_best.pth.tar`), caching
@@ -17,6 +18,10 @@ With --voice, --face or --pairs: score your own files with that checkpoint inste
 Writes `testing.result_path` (one `list value` line per list, in %), a JSON
 beside it with every value, its 95% interval and the provenance of the
 embeddings, and PNG plots (ROC curves, score histograms).
+
+With --compare: evaluate each RUN (a run folder or a folder of seed<k> runs) on
+the lists of CFG where not done yet and compare them against the first RUN
+(utils/compare.py).
 """
 from __future__ import annotations
 
@@ -177,14 +182,22 @@ def model_features(cfg, lists: list[ListSpec], checkpoint: str) -> Features:
     return extract_features(cfg, checkpoint, files, source, path)
 
 
-def main(argv: list[str] | None = None) -> list[Result]:
+def main(argv: list[str] | None = None) -> list[Result] | dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cfg", required=True, help="YAML config (config/cfg.yaml, config/synthetic.yaml)")
     parser.add_argument("--features", help="evaluate this features file (released format) instead of a model")
     parser.add_argument("--opts", nargs="*", default=[], help="config overrides key=value")
+    parser.add_argument("--compare", nargs="+", metavar="RUN",
+                        help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
+    parser.add_argument("--output", metavar="FILE",
+                        help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV")
     try_files.add_arguments(parser)
     args = parser.parse_args(argv)
     cfg = load_config(args.cfg, args.opts)
+    if args.compare:
+        from utils.compare import compare
+
+        return compare(cfg, args.compare, args.output, lambda c, lists: model_features(c, lists, checkpoint_of(c)))
     if try_files.requested(args, parser):
         try_files.run(args, cfg, checkpoint_of(cfg))
         return []

@@ -1,11 +1,13 @@
 """Train the voice and face encoders with AaSM, BCR and Instance Equilibrium.
 
     python train.py --cfg config/cfg.yaml [--opts training.lr=0.02 ...] [--resume auto|PATH]
+    python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2   # <run>/seed<k>/ each
     torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import math
 import os
@@ -14,12 +16,14 @@ import time
 
 import numpy as np
 import torch
+from easydict import EasyDict
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 
 from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
 from losses import InstanceEquilibrium, should_refresh, total_loss
+from losses.diagnostics import TrainingDiagnostics
 from models import build_model
 from utils import distributed
 from utils.checkpoint import (
@@ -218,6 +222,7 @@ def train(cfg, resume: str | None = None) -> dict:
 
     loader = train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size)
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
+    diagnostics = TrainingDiagnostics(encoders, tcfg, writer) if tcfg.diagnostics and ctx.is_main else None
 
     def checkpoint_state(iteration: int) -> dict:
         return {"format": "aasm", "iteration": iteration, "model": model.state_dict(),
@@ -253,6 +258,11 @@ def train(cfg, resume: str | None = None) -> dict:
             writer.add_scalar("loss/total", float(loss.detach()), iteration)
             writer.add_scalar("lr", lr, iteration)
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.0e}")
+        if diagnostics is not None:  # this rank's rows only
+            if refreshed:
+                diagnostics.record_weights(iteration, equilibrium.identity_weights)
+            if iteration % tcfg.log_iter == 0 or iteration == start:
+                diagnostics.record(iteration, equilibrium.weights_of(batch[3].to(device)))
 
         reached_end = last_iteration is not None and iteration == last_iteration
         if iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0 or reached_end:
@@ -284,6 +294,8 @@ def train(cfg, resume: str | None = None) -> dict:
     if ctx.is_main:
         log.info("finished %d iterations in %.1f s; best validation 1:2 v2f matching %.2f%%",
                  iteration - start + 1, elapsed, 100 * best_val)
+        if diagnostics is not None:
+            log.info(diagnostics.summary())
         writer.close()
     distributed.cleanup(ctx)
     return {"iteration": iteration, "best_val": best_val, "seconds": elapsed, "run_dir": folder}
@@ -304,8 +316,19 @@ def main() -> None:
     parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml")
     parser.add_argument("--opts", nargs="*", default=[], help="overrides: key.subkey=value ...")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for the newest")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="train one run per seed, one after another, in <output_dir>/<exp_name>/seed<k>/")
     args = parser.parse_args()
-    train(load_config(args.cfg, args.opts), resume=args.resume)
+    cfg = load_config(args.cfg, args.opts)
+    for seed_cfg in seed_configs(cfg, args.seeds):
+        train(seed_cfg, resume=args.resume)
+
+
+def seed_configs(cfg, seeds: list[int] | None) -> list:
+    """The config itself without seeds, else one copy per seed whose run folder is <run>/seed<k>."""
+    if seeds is None:
+        return [cfg]
+    return [EasyDict({**copy.deepcopy(cfg), "seed": seed, "exp_name": f"{cfg.exp_name}/seed{seed}"}) for seed in seeds]
 
 
 if __name__ == "__main__":

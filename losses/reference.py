@@ -118,14 +118,15 @@ def iteration_loss(aasm_terms: torch.Tensor, bcr_terms: torch.Tensor, identity_w
 
     λ = regauge_weight (10), w_y = `identity_weights` (B,), the IE weight of each row's identity. With
     `weighted_enabled: false` the BCR scores are averaged over all B rows, zeros included, as the release
-    does without IE; `bcr_detach: true` keeps BCR out of the gradient, as in the release.
+    does without IE; `bcr_detach: true` keeps BCR out of the gradient, as in the release;
+    `bcr_enabled: false` leaves AaSM alone (the BCR sum is still returned, for logging).
     """
     cfg = cfg_training
     if cfg.bcr_detach:
         bcr_terms = bcr_terms.detach()
     regauge = (nonzero_mean(bcr_terms * identity_weights) if cfg.weighted_enabled else bcr_terms.mean(-1)).sum()
     loss = aasm_terms.mean(-1).sum()
-    if iteration >= cfg.regauge_iter:
+    if cfg.bcr_enabled and iteration >= cfg.regauge_iter:
         loss = loss + cfg.regauge_weight * regauge
     return loss, regauge
 

@@ -7,6 +7,7 @@ import torch
 from easydict import EasyDict
 
 from losses import pairs, reference
+from losses.infonce import infonce_terms
 
 PAIRS = ("cross", "face", "voice")
 # (X, Y) of each pair as indices into the stack (face, face′, voice, voice′); direction 1 has anchors Y.
@@ -40,9 +41,12 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
     `identity_weights[i]` (any float dtype; the math runs in float32 with autocast off). Pure: the
     caller refreshes and accumulates the equilibrium. Terms: aasm_<pair>, bcr_<pair> (row means, pair
     in PAIRS), regauge (the BCR sum before ×regauge_weight, also before regauge_iter) and
-    rank_accuracy (the cross pair's k_i/(B − 1), averaged).
+    rank_accuracy (the cross pair's k_i/(B − 1), averaged). `bcr_enabled: false` leaves AaSM alone;
+    `objective: infonce` replaces the whole loss by `infonce_loss`.
     """
     cfg = cfg_training
+    if cfg.objective == "infonce":
+        return infonce_loss(face, face_aux, voice, voice_aux, cfg.infonce_temp)
     with torch.autocast(device_type=face.device.type, enabled=False):
         embeddings = torch.stack([face, face_aux, voice, voice_aux]).float()
         terms_of = row_terms(cfg.loss_impl, embeddings.shape[1])
@@ -56,3 +60,15 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
     terms["regauge"] = regauge.detach()
     terms["rank_accuracy"] = correct[0].float().mean() / (face.shape[0] - 1)
     return IterationLoss(loss, terms, correct[0])
+
+
+def infonce_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, voice_aux: torch.Tensor,
+                 temp: float) -> IterationLoss:
+    """Σ_pairs mean symmetric InfoNCE over the pairs AaSM uses; terms infonce_<pair> and rank_accuracy."""
+    with torch.autocast(device_type=face.device.type, enabled=False):
+        stacked = torch.stack([x.float() for x in (face, face_aux, voice, voice_aux)])
+        per_row, correct = infonce_terms(stacked, list(PAIR_INDICES), temp)
+        means = per_row.mean(dim=-1)
+    terms = {f"infonce_{name}": value for name, value in zip(PAIRS, means.detach())}
+    terms["rank_accuracy"] = correct.float().mean() / (face.shape[0] - 1)
+    return IterationLoss(means.sum(), terms, correct)

@@ -116,7 +116,7 @@ def test_bootstrap_replicates_are_statistics_of_resamples():
     scores = np.round(rng.standard_normal(300), 1)  # ties
     labels = rng.random(300) < 0.5 + 0.3 * (scores > 0)
     replicates = metrics.bootstrap_auc(scores, labels, 25, np.random.default_rng(9))
-    counts = metrics._resample_counts(300, 25, np.random.default_rng(9))  # the same draws
+    counts = metrics.resample_counts(300, 25, np.random.default_rng(9))  # the same draws
     order = np.argsort(scores, kind="stable")
     for b in range(25):
         resampled = np.repeat(order, counts[b])

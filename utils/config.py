@@ -2,7 +2,8 @@
 
 Every key a config may hold is listed in DEFAULTS with its default value; the
 type of that value is the key's type. A config file only has to name what it
-changes. Unknown keys and values of the wrong type are errors that name the key
+changes, and may name a `base:` config (a path relative to the file) whose
+values it overrides; bases may have bases of their own. Unknown keys and values of the wrong type are errors that name the key
 (and the closest valid key for a misspelling).
 """
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import os
 from typing import Any, Callable, Iterable
 
 import yaml
@@ -93,10 +95,13 @@ DEFAULTS: dict[str, Any] = {
         "warm_up": 6440,
         "weight_update_iter": 920,
         "weighted_enabled": True,
+        "bcr_enabled": True,  # false: AaSM alone (no BCR term, so IE has nothing to weight)
         "bcr_detach": False,
         # How the loss is computed, with the same values and gradients: reference (losses/reference.py,
         # plain autograd), fused (losses/pairs.py, a written-out gradient), auto (fused from batch 64).
         "loss_impl": "auto",
+        "objective": "aasm",  # aasm: the method; infonce: symmetric InfoNCE on the same pairs, no BCR/IE
+        "infonce_temp": 0.1,
         "val_start": 6888,
         "val_iter": 6888,
         "save_iter": 6888,
@@ -107,6 +112,9 @@ DEFAULTS: dict[str, Any] = {
         "amp": "off",  # off | bf16 | fp16 (CUDA only)
         "channels_last": False,
         "log_iter": 20,
+        # Every log_iter: screened anchors, loose pairs, BCR's share of loss and gradient, IE weights
+        # (tensorboard `diagnostics/`, summary at the end of train.log); see losses/diagnostics.py.
+        "diagnostics": False,
         "resume": None,  # checkpoint path, or "auto" for the newest in the run folder
         "deterministic": False,
     },
@@ -124,6 +132,7 @@ DEFAULTS: dict[str, Any] = {
 CHOICES: dict[str, tuple] = {
     "training.amp": ("off", "bf16", "fp16"),
     "training.loss_impl": ("auto", "fused", "reference"),
+    "training.objective": ("aasm", "infonce"),
     "testing.split": ("val", "test"),
 }
 
@@ -291,8 +300,7 @@ def _parse_opts(opts: Iterable[str]) -> dict:
     return tree
 
 
-def load_config(path: str, opts: Iterable[str] = ()) -> EasyDict:
-    """Read a YAML config, apply `key=value` overrides, validate, fill defaults."""
+def _read_yaml(path: str) -> dict:
     try:
         with open(path) as f:
             user = yaml.safe_load(f) or {}
@@ -302,8 +310,31 @@ def load_config(path: str, opts: Iterable[str] = ()) -> EasyDict:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(user, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
+    return user
+
+
+def config_chain(path: str, _children: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """(file, keys) of a config and its `base:` ancestors, the farthest base first, `base` removed."""
+    user = _read_yaml(path)
+    base = user.pop("base", None)
+    if base is None:
+        return [(path, user)]
+    if not isinstance(base, str):
+        raise ConfigError(f"{path}: config key 'base' expects a path to a config file, got {base!r}")
+    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    visited = (*_children, path)
+    if any(os.path.realpath(p) == os.path.realpath(base_path) for p in visited):
+        raise ConfigError(f"{path}: 'base' makes a cycle: {' -> '.join((*visited, base_path))}")
+    if not os.path.isfile(base_path):
+        raise ConfigError(f"{path}: base config not found: {base_path}")
+    return config_chain(base_path, visited) + [(path, user)]
+
+
+def load_config(path: str, opts: Iterable[str] = ()) -> EasyDict:
+    """Read a YAML config (over its `base:` chain), apply `key=value` overrides, validate, fill defaults."""
     cfg = copy.deepcopy(DEFAULTS)
-    _merge(cfg, user, DEFAULTS, path)
+    for source, user in config_chain(path):
+        _merge(cfg, user, DEFAULTS, source)
     _merge(cfg, _parse_opts(opts), DEFAULTS, "--opts")
     return EasyDict(cfg)
 
@@ -321,6 +352,4 @@ def save_config(cfg: EasyDict, path: str) -> None:
 
 def run_dir(cfg: EasyDict) -> str:
     """Folder of a run: checkpoints, logs, tensorboard events, results."""
-    import os
-
     return os.path.join(cfg.output_dir, cfg.exp_name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from statistics import NormalDist
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 import torch
@@ -223,13 +223,14 @@ def wilson_interval(successes: np.ndarray | int, trials: np.ndarray | int,
     return centre - half, centre + half
 
 
-def _resample_counts(size: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
+def resample_counts(size: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
     """(replicates, size) int32 multiplicities of bootstrap draws of `size` items with replacement."""
     draws = rng.integers(0, size, size=(replicates, size)) + (np.arange(replicates) * size)[:, None]
     return np.bincount(draws.ravel(), minlength=replicates * size).astype(np.int32).reshape(replicates, size)
 
 
-def _chunks(replicates: int, size: int, chunk: int) -> list[int]:
+def replicate_chunks(replicates: int, size: int, chunk: int) -> list[int]:
+    """Replicates per chunk so that a chunk holds about `chunk` (replicate, item) cells."""
     step = max(1, chunk // size)
     return [min(step, replicates - b) for b in range(0, replicates, step)]
 
@@ -238,42 +239,61 @@ def bootstrap_mean(values: np.ndarray, replicates: int, rng: np.random.Generator
                    chunk: int = 1 << 17) -> np.ndarray:
     """Means of `replicates` bootstrap resamples of `values`."""
     values = np.asarray(values, dtype=np.float64)
-    return np.concatenate([_resample_counts(len(values), n, rng) @ values / len(values)
-                           for n in _chunks(replicates, len(values), chunk)])
+    return np.concatenate([resample_counts(len(values), n, rng) @ values / len(values)
+                           for n in replicate_chunks(replicates, len(values), chunk)])
+
+
+class ScoreRuns(NamedTuple):
+    """(score, label) pairs sorted by score, with the runs of equal scores: what weighted AUCs need."""
+
+    order: np.ndarray  # sorted position -> pair
+    positive: np.ndarray  # label of each sorted pair
+    first: np.ndarray  # first and last sorted position of each pair's run of equal scores
+    last: np.ndarray
+    tied: np.ndarray  # sorted positions inside a run of two or more
+
+
+def score_runs(scores: np.ndarray, labels: np.ndarray) -> ScoreRuns:
+    order = np.argsort(scores, kind="stable")
+    ordered = np.asarray(scores)[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # of each run of equal scores
+    group = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
+    first, last = starts[group], np.r_[starts[1:], len(ordered)][group] - 1
+    return ScoreRuns(order, np.asarray(labels, dtype=bool)[order], first, last, np.flatnonzero(last > first))
+
+
+def weighted_aucs(runs: ScoreRuns, weights: np.ndarray) -> np.ndarray:
+    """AUC of each row of integer multiplicities `weights` (replicates × pairs, in sorted order).
+
+    Its Mann-Whitney statistic is one cumulative sum (integer arithmetic, exact); NaN where a row
+    weighs only one class.
+    """
+    first, last, tied = runs.first, runs.last, runs.tied
+    positives = weights * runs.positive
+    negatives = weights - positives
+    negatives_to = np.cumsum(negatives, axis=1, dtype=np.int32)  # inclusive counts up to each pair
+    # 2·U = Σ over positives of 2·#(negatives below) + #(negatives tied), first as if nothing were tied ...
+    twice_u = (positives * (2 * negatives_to - negatives)).sum(axis=1, dtype=np.int64)
+    if tied.size:  # ... then recount the few pairs inside runs of equal scores against the whole run
+        below_run = negatives_to[:, first[tied]] - negatives[:, first[tied]]
+        below_self = negatives_to[:, tied] - negatives[:, tied]
+        recount = below_run + negatives_to[:, last[tied]] - 2 * below_self - negatives[:, tied]
+        twice_u += (positives[:, tied] * recount).sum(axis=1, dtype=np.int64)
+    pairs = positives.sum(axis=1, dtype=np.int64) * negatives.sum(axis=1, dtype=np.int64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return twice_u / (2.0 * pairs)
 
 
 def bootstrap_auc(scores: np.ndarray, labels: np.ndarray, replicates: int, rng: np.random.Generator,
                   chunk: int = 1 << 17) -> np.ndarray:
     """AUCs of `replicates` bootstrap resamples of the (score, label) pairs.
 
-    A resample is a vector of multiplicities over the pairs sorted by score, so
-    its Mann-Whitney statistic is one cumulative sum (integer arithmetic, exact).
+    A resample is a vector of multiplicities over the pairs sorted by score (`weighted_aucs`).
     Small chunks of replicates keep the counting in cache.
     """
-    order = np.argsort(scores, kind="stable")
-    ordered = np.asarray(scores)[order]
-    positive = np.asarray(labels, dtype=bool)[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # of each run of equal scores
-    group = np.cumsum(np.r_[True, ordered[1:] != ordered[:-1]]) - 1
-    first, last = starts[group], np.r_[starts[1:], len(ordered)][group] - 1
-    tied = np.flatnonzero(last > first)
-    out = []
-    for n in _chunks(replicates, len(ordered), chunk):
-        weights = _resample_counts(len(ordered), n, rng)
-        positives = weights * positive
-        negatives = weights - positives
-        negatives_to = np.cumsum(negatives, axis=1, dtype=np.int32)  # inclusive counts up to each pair
-        # 2·U = Σ over positives of 2·#(negatives below) + #(negatives tied), first as if nothing were tied ...
-        twice_u = (positives * (2 * negatives_to - negatives)).sum(axis=1, dtype=np.int64)
-        if tied.size:  # ... then recount the few pairs inside runs of equal scores against the whole run
-            below_run = negatives_to[:, first[tied]] - negatives[:, first[tied]]
-            below_self = negatives_to[:, tied] - negatives[:, tied]
-            recount = below_run + negatives_to[:, last[tied]] - 2 * below_self - negatives[:, tied]
-            twice_u += (positives[:, tied] * recount).sum(axis=1, dtype=np.int64)
-        pairs = positives.sum(axis=1, dtype=np.int64) * negatives.sum(axis=1, dtype=np.int64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out.append(twice_u / (2.0 * pairs))
-    return np.concatenate(out)
+    runs = score_runs(scores, labels)
+    return np.concatenate([weighted_aucs(runs, resample_counts(len(runs.order), n, rng))
+                           for n in replicate_chunks(replicates, len(runs.order), chunk)])
 
 
 def percentile_interval(replicates: np.ndarray, level: float = 0.95) -> tuple[float, float]:

@@ -1,4 +1,5 @@
-"""Figures of a test run (ROC curves and score histograms of the verification lists) and of a match of own files."""
+"""Figures: a test run (ROC curves, score histograms of the verification lists), a comparison of runs,
+and a match of own files."""
 from __future__ import annotations
 
 import os
@@ -91,5 +92,26 @@ def match_figure(query: tuple[str, np.ndarray], modality: str, candidates: list[
     figure.suptitle(f"which {other} goes with this {modality}? cosine scores", fontsize="medium")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+
+
+def seed_values(comparison: dict, names: list[str], path: str) -> str:
+    """Each method's value of every seed (dots) and their mean (bar) per list, in %, saved as PNG at `path`."""
+    methods = comparison["methods"]
+    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(names) * max(1, len(methods)) ** 0.5), 4))
+    width = 0.8 / len(methods)
+    for k, method in enumerate(methods):
+        x = np.arange(len(names)) - 0.4 + width * (k + 0.5)
+        means = [100 * method["lists"][name]["mean"] for name in names]
+        bars = axes.bar(x, means, width=width * 0.9, alpha=0.35, label=method["run"])
+        for position, name in zip(x, names):
+            values = 100 * np.asarray(method["lists"][name]["values"])
+            axes.plot(np.full(len(values), position), values, "o", markersize=3, color=bars.patches[0].get_facecolor(),
+                      alpha=1.0)
+    low = min(100 * min(m["lists"][n]["values"]) for m in methods for n in names)
+    axes.set(xticks=np.arange(len(names)), ylabel="value (%)", ylim=(max(0.0, low - 5), 100),
+             title="Per-seed values (dots) and their mean (bars)")
+    axes.set_xticklabels(names, rotation=35, ha="right", fontsize="small")
+    axes.legend(fontsize="small")
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path

@@ -75,6 +75,10 @@ class Result:
     eer: float | None = None
     scores: np.ndarray | None = None  # verification only, for the plots
     labels: np.ndarray | None = None
+    # Per line (query for retrieval), for paired comparisons: the identity of its query, and its
+    # outcome (matching: correct or not; retrieval: AP; verification: see scores and labels).
+    identities: np.ndarray | None = None
+    outcomes: np.ndarray | None = None
 
 
 def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int, seed: int) -> Result:
@@ -84,18 +88,23 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
         queries, gallery = metrics.read_retrieval_list(path, features.name2row)
         precisions = metrics.average_precisions(features.embeddings[queries], features.embeddings[gallery],
                                                 features.ids[queries], features.ids[gallery])
-        precisions = precisions[np.isfinite(precisions)]  # queries with no relevant gallery item have no AP
+        scored = np.isfinite(precisions)  # queries with no relevant gallery item have no AP
+        precisions = precisions[scored]
         if not precisions.size:
             raise metrics.ListError(f"{path}: no query has a gallery item of its identity")
         interval = metrics.percentile_interval(metrics.bootstrap_mean(precisions, bootstrap, rng))
-        return Result(spec, float(precisions.mean()), interval, len(precisions))
+        return Result(spec, float(precisions.mean()), interval, len(precisions),
+                      identities=features.ids[queries[scored]], outcomes=precisions)
     matching = spec.task == "matching"
     rows = metrics.read_list(path, features.name2row, spec.columns, spec.columns)
     scores = metrics.line_scores(features.unit, rows)
+    identities = features.ids[rows[:, 0]]
     if matching:
-        correct = int(metrics.matching_correct(scores).sum())
+        outcomes = metrics.matching_correct(scores)
+        correct = int(outcomes.sum())
         low, high = metrics.wilson_interval(correct, len(rows))
-        return Result(spec, correct / len(rows), (float(low), float(high)), len(rows))
+        return Result(spec, correct / len(rows), (float(low), float(high)), len(rows), identities=identities,
+                      outcomes=outcomes)
     scores = scores[:, 0]
     labels = features.ids[rows[:, 0]] == features.ids[rows[:, 1]]
     try:
@@ -103,7 +112,8 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
     except ValueError as e:
         raise metrics.ListError(f"{path}: {e}") from None
     interval = metrics.percentile_interval(metrics.bootstrap_auc(scores, labels, bootstrap, rng))
-    return Result(spec, auc, interval, len(rows), metrics.equal_error_rate(scores, labels), scores, labels)
+    return Result(spec, auc, interval, len(rows), metrics.equal_error_rate(scores, labels), scores, labels,
+                  identities)
 
 
 def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap: int, seed: int) -> list[Result]:

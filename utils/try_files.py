@@ -36,7 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--voices", nargs="+", metavar="AUDIO", help="candidate recordings for --face")
     group.add_argument("--pairs", metavar="FILE", help="lines `query candidate...` (the test-list format) to score")
     group.add_argument("--root", metavar="DIR", help="folder the relative paths of --pairs start from")
-    group.add_argument("--output", metavar="FILE", help="write the scores: JSON (--voice/--face) or CSV (--pairs)")
     group.add_argument("--plot", metavar="PNG", help="draw the query and its candidates with their scores")
     group.add_argument("--detect-face", action="store_true",
                        help="crop the largest frontal face of each photo first (a photo without one is skipped)")

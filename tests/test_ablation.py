@@ -1,0 +1,135 @@
+"""Config inheritance (`base:`), the ablation configs, the InfoNCE objective, AaSM alone, train.py --seeds."""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from helpers import ROOT
+from losses.total import total_loss
+from utils.config import ConfigError, load_config, save_config
+
+ABLATION = os.path.join(ROOT, "config", "ablation")
+ARMS = {"aasm": dict(bcr_enabled=False, weighted_enabled=False, objective="aasm"), "aasm_bcr": dict(weighted_enabled=False, bcr_enabled=True),
+        "aasm_bcr_ie": dict(weighted_enabled=True, bcr_enabled=True, bcr_detach=False, objective="aasm"),
+        "release": dict(bcr_detach=True, bcr_enabled=True), "infonce": dict(objective="infonce")}
+
+
+def write(path, tree):
+    path.write_text(yaml.safe_dump(tree))
+    return str(path)
+
+
+def test_base_chain_overrides_in_order_and_resolves_relative_to_the_file(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    write(tmp_path / "root.yaml", {"exp_name": "root", "training": {"lr": 0.5, "max_iter": 7}})
+    write(tmp_path / "a" / "middle.yaml", {"base": "../root.yaml", "training": {"lr": 0.25}, "seed": 3})
+    leaf = write(tmp_path / "a" / "b" / "leaf.yaml", {"base": "../middle.yaml", "exp_name": "leaf"})
+    cfg = load_config(leaf, ["seed=4"])
+    assert (cfg.exp_name, cfg.training.lr, cfg.training.max_iter, cfg.seed) == ("leaf", 0.25, 7, 4)
+    assert "base" not in cfg  # a resolved config stands alone
+    save_config(cfg, str(tmp_path / "resolved.yaml"))
+    assert load_config(str(tmp_path / "resolved.yaml")) == cfg
+
+
+def test_base_errors_name_the_files(tmp_path):
+    one = write(tmp_path / "one.yaml", {"base": "two.yaml"})
+    write(tmp_path / "two.yaml", {"base": "one.yaml"})
+    with pytest.raises(ConfigError, match=r"two.yaml: 'base' makes a cycle: .*one.yaml -> .*two.yaml -> .*one.yaml"):
+        load_config(one)
+    with pytest.raises(ConfigError, match=r"self.yaml: 'base' makes a cycle"):
+        load_config(write(tmp_path / "self.yaml", {"base": "./self.yaml"}))
+    with pytest.raises(ConfigError, match=r"missing.yaml: base config not found: .*nowhere.yaml"):
+        load_config(write(tmp_path / "missing.yaml", {"base": "nowhere.yaml"}))
+    with pytest.raises(ConfigError, match=r"number.yaml: config key 'base' expects a path"):
+        load_config(write(tmp_path / "number.yaml", {"base": 3}))
+    write(tmp_path / "bad_base.yaml", {"training": {"lrr": 1.0}})
+    with pytest.raises(ConfigError, match=r"bad_base.yaml: unknown config key 'training.lrr'"):
+        load_config(write(tmp_path / "child.yaml", {"base": "bad_base.yaml"}))
+    with pytest.raises(ConfigError, match="unknown config key 'base'"):
+        load_config(write(tmp_path / "plain.yaml", {}), ["base=x.yaml"])
+
+
+def test_ablation_configs_are_exactly_the_arms_on_both_bases():
+    names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ABLATION, "*.yaml")))
+    assert names == sorted(f"{corpus}_{arm}.yaml" for corpus in ("synthetic", "vox1") for arm in ARMS)
+    for corpus, base in (("synthetic", "synthetic.yaml"), ("vox1", "cfg.yaml")):
+        reference = load_config(os.path.join(ROOT, "config", base))
+        for arm, flags in ARMS.items():
+            cfg = load_config(os.path.join(ABLATION, f"{corpus}_{arm}.yaml"))
+            assert cfg.exp_name == f"{corpus}_{arm}"
+            assert {k: cfg.training[k] for k in flags} == flags
+            changed = {k for k in cfg.training if cfg.training[k] != reference.training[k]}
+            assert changed <= set(flags)  # nothing else departs from the base config
+            assert cfg.models == reference.models and cfg.dataset == reference.dataset
+    assert load_config(os.path.join(ABLATION, "synthetic_aasm_bcr_ie.yaml")).training == \
+        load_config(os.path.join(ROOT, "config", "synthetic.yaml")).training  # the default method
+
+
+def embeddings(size=6, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, 8, generator=generator, dtype=torch.float64).requires_grad_() for _ in range(4)]
+
+
+def test_infonce_is_symmetric_cross_entropy_over_cosines_on_the_three_pairs():
+    cfg = load_config(os.path.join(ABLATION, "synthetic_infonce.yaml")).training
+    face, face_aux, voice, voice_aux = rows = embeddings()
+    out = total_loss(*rows, torch.full((6,), 7.0), cfg.regauge_iter, cfg)
+
+    def symmetric(x, y):
+        logits = F.normalize(y, dim=-1) @ F.normalize(x, dim=-1).T / cfg.infonce_temp
+        target = torch.arange(6)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+    reference = symmetric(face, voice) + symmetric(face, face_aux) + symmetric(voice, voice_aux)
+    assert out.loss.item() == pytest.approx(reference.item(), rel=1e-6)
+    grads = torch.autograd.grad(out.loss, rows)
+    expected = torch.autograd.grad(reference, rows)
+    for got, want in zip(grads, expected):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert out.terms["infonce_cross"].item() == pytest.approx(symmetric(face, voice).item(), rel=1e-6)
+    # IE still counts: k_i = voice anchors' faces ranked below their own face.
+    cosines = F.normalize(voice, dim=-1) @ F.normalize(face, dim=-1).T
+    assert out.correct.tolist() == (cosines < cosines.diagonal()[:, None]).sum(1).tolist()
+
+
+def test_aasm_alone_is_the_aasm_sum_at_every_iteration():
+    full = load_config(os.path.join(ABLATION, "synthetic_aasm_bcr_ie.yaml")).training
+    alone = load_config(os.path.join(ABLATION, "synthetic_aasm.yaml")).training
+    rows = embeddings()
+    weights = torch.full((6,), 3.0)
+    before = total_loss(*rows, weights, full.regauge_iter - 1, full)
+    after = total_loss(*rows, weights, full.regauge_iter, alone)
+    aasm_sum = sum(before.terms[f"aasm_{p}"] for p in ("cross", "face", "voice"))
+    assert after.loss.item() == pytest.approx(before.loss.item()) == pytest.approx(aasm_sum.item(), rel=1e-6)
+    assert total_loss(*rows, weights, full.regauge_iter, full).loss.item() > after.loss.item()
+
+
+@pytest.mark.slow  # two tiny trainings and their resumption in subprocesses
+def test_seeds_train_one_run_per_seed_and_resume(tiny_cfg, tmp_path):
+    from test_resume import OPTS
+    from helpers import tiny_config
+
+    cfg = tiny_config(os.path.dirname(tiny_cfg.dataset.meta_file), *OPTS, f"output_dir={tmp_path}",
+                      "exp_name=arm", "training.max_iter=4", "training.val_start=4")
+    path = str(tmp_path / "arm.yaml")
+    save_config(cfg, path)
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    command = [sys.executable, os.path.join(ROOT, "train.py"), "--cfg", path, "--seeds", "3", "5"]
+    process = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-2000:]
+    for seed in (3, 5):
+        run = tmp_path / "arm" / f"seed{seed}"
+        saved = load_config(str(run / "config.yaml"))
+        assert saved.seed == seed and saved.exp_name == f"arm/seed{seed}"
+        assert torch.load(run / "checkpoint_4.pth.tar", weights_only=True)["iteration"] == 4
+    weights = [torch.load(tmp_path / "arm" / f"seed{s}" / "checkpoint_4.pth.tar", weights_only=True)["model"]
+               for s in (3, 5)]
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # the seeds differ
+    again = subprocess.run(command + ["--resume", "auto"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert again.returncode == 0 and again.stderr.count("resumed from") == 2
