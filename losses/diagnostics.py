@@ -11,8 +11,9 @@ import torch
 from easydict import EasyDict
 
 from losses.aasm import positive_cosines
-from losses.bcr import loose_mask, nonzero_mean, raw_scores
+from losses.bcr import loose_mask, raw_scores
 from losses.pairs import combine_directions, pairwise_terms
+from losses.reference import nonzero_mean
 from losses.total import PAIR_INDICES, PAIRS
 
 ENCODERS = {"face": (0, 1), "voice": (2, 3)}  # rows of the (face, face′, voice, voice′) stack

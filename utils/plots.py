@@ -92,6 +92,8 @@ def match_figure(query: tuple[str, np.ndarray], modality: str, candidates: list[
     figure.suptitle(f"which {other} goes with this {modality}? cosine scores", fontsize="medium")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def seed_values(comparison: dict, names: list[str], path: str) -> str:
