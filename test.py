@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
     else:
         features = model_features(cfg, lists, checkpoint)
     results = evaluate(features, cfg.dataset.list_dir, lists, cfg.testing.bootstrap, cfg.testing.ci_seed)
-    table = format_table(results, split)
+    table = format_table(results, f"{cfg.exp_name}, {split} split")
     print(table)
     result_path = cfg.testing.result_path or os.path.join(run_dir(cfg), f"results_{split}.txt")
     written = write_outputs(results, table, result_path, features.source, cfg)

@@ -57,8 +57,8 @@ def run(tmp_path, *opts, features=REFERENCE, list_dir=CASE):
 def parse_table(text):
     rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
             if line.startswith("|")]
-    header, body = rows[0], rows[2:]
-    return {(row[0], column): cell for row in body for column, cell in zip(header[1:], row[1:])}
+    header, body = rows[0], rows[2:]  # columns: label, direction, values
+    return {(row[1], column): cell for row in body for column, cell in zip(header[2:], row[2:])}
 
 
 def test_features_file_gives_the_released_values_table_and_outputs(tmp_path, capsys, expected):

@@ -94,8 +94,8 @@ def evaluate_run(folder: str, cfg, lists: list[ListSpec], features_of: Callable)
     features: Features = features_of(run_cfg, lists)
     results = evaluate(features, cfg.dataset.list_dir, lists, run_cfg.testing.bootstrap, run_cfg.testing.ci_seed)
     if not os.path.isfile(os.path.splitext(run_cfg.testing.result_path)[0] + ".json"):
-        write_outputs(results, format_table(results, run_cfg.testing.split), run_cfg.testing.result_path,
-                      features.source, run_cfg)
+        table = format_table(results, f"{run_cfg.exp_name}, {run_cfg.testing.split} split")
+        write_outputs(results, table, run_cfg.testing.result_path, features.source, run_cfg)
     return results
 
 

@@ -129,15 +129,19 @@ def _cell(result: Result | None) -> str:
     return f"{100 * result.value:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
-def format_table(results: list[Result], split: str) -> str:
-    """The README's table: rows voice→face, face→voice; values in % with [95% interval]."""
+TABLE_HEADER = ("| results (%), [95% interval] | direction | " + " | ".join(h for _, _, h in COLUMNS) + " |\n"
+                + "|---" * (len(COLUMNS) + 2) + "|")
+
+
+def format_table(results: list[Result], label: str) -> str:
+    """The README's results table (README, "Results"): one row per direction, labelled `label`, so the two rows
+    paste into the README as they are; values in % with [95% interval]."""
     by_key = {(r.spec.task, r.spec.direction, r.spec.gender): r
               for r in results if r.spec.candidates == 2}
-    lines = [f"| {split} (%), [95% CI] | " + " | ".join(header for _, _, header in COLUMNS) + " |",
-             "|---" * (len(COLUMNS) + 1) + "|"]
+    lines = [TABLE_HEADER]
     for direction, row_name in DIRECTIONS:
         cells = [_cell(by_key.get((task, direction, gender))) for task, gender, _ in COLUMNS]
-        lines.append(f"| {row_name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {row_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
