@@ -14,7 +14,7 @@ from models import build_model
 from utils.checkpoint import (latest_checkpoint, load_checkpoint, load_pretrained_face, load_pretrained_voice,
                               prune_checkpoints, save_checkpoint)
 from utils.config import load_config
-from train import rng_state, set_rng_state
+from utils.train_state import rng_state, set_rng_state
 
 RELEASED = load_config(os.path.join(ROOT, "config", "cfg.yaml"))
 SYNTHETIC = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))

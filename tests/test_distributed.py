@@ -46,7 +46,7 @@ def worker(rank, port, out_dir):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    ctx = distributed.setup("cpu")
+    ctx = distributed.setup("cpu", 5)
     share = slice(rank * 4, rank * 4 + 4)
     result = run(tuple(x[share] for x in make_batch()), load_config("config/synthetic.yaml", OPTS), ctx)
     torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))

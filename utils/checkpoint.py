@@ -16,13 +16,13 @@ import glob
 import logging
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from models.face import InputNormalization
+from utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -233,25 +233,9 @@ def load_pretrained_voice(model: nn.Module, path: str) -> None:
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pth.tar")
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    folder_descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(folder_descriptor)  # make the rename itself durable
-    finally:
-        os.close(folder_descriptor)
+    """Write atomically (utils.files.atomic_write): a failed write leaves the previous file intact."""
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def periodic_checkpoints(run_dir: str) -> list[str]:

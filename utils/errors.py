@@ -3,3 +3,7 @@
 
 class UserError(Exception):
     """Bad input the user controls: the message names the file, list line, checkpoint or config key."""
+
+
+class CheckpointError(UserError):
+    """A checkpoint or pretrained file cannot be used: empty, corrupt, not finite, or from another config."""
