@@ -220,12 +220,16 @@ def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
 
 
 def convert_to_global_batch_norm(module: nn.Module) -> nn.Module:
-    """Every BatchNorm2d of `module` replaced in place by a GlobalBatchNorm with the same state."""
+    """Every BatchNorm2d of `module` replaced in place by a GlobalBatchNorm sharing its parameters and buffers."""
     for name, child in module.named_children():
         if type(child) is nn.BatchNorm2d:
             replacement = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
                                           child.track_running_stats)
-            replacement.load_state_dict(child.state_dict())
+            # The same parameter and buffer objects, so an optimizer built before still updates them.
+            replacement.weight, replacement.bias = child.weight, child.bias
+            replacement.running_mean, replacement.running_var = child.running_mean, child.running_var
+            replacement.num_batches_tracked = child.num_batches_tracked
+            replacement.train(child.training)
             setattr(module, name, replacement)
         else:
             convert_to_global_batch_norm(child)
