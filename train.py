@@ -410,7 +410,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     interrupted = False
     state.model.train()
     t0 = time.time()
-    with StopSignals() as signals:
+    with StopSignals() as signals, bar:
         for iteration in range(start, last + 1 if last is not None else sys.maxsize):
             try:
                 batch = next(batches)
@@ -452,7 +452,6 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
                     distributed.any_rank(signals.signum is not None, ctx, device):
                 interrupted = True
                 break
-    bar.close()
     if interrupted:
         watch.check()
         path = save_periodic(state, folder, cfg, ctx, device)
