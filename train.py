@@ -379,6 +379,8 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
         seed_everything(cfg.seed + ctx.rank, tcfg.deterministic)
         prepare_data(cfg, ctx)
         return run(cfg, folder, resume, ctx, device)
+    except Interrupted:  # every rank stops alike after a signal: nobody failed
+        raise
     except Exception as e:
         failure = distributed.stop_after_failure(e, ctx)
         if failure is e:

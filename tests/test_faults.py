@@ -220,3 +220,15 @@ def test_paper_sized_encoders_without_pretrained_weights_are_warned_about(caplog
     with caplog.at_level("WARNING"):
         load_backbones(build_model(synthetic.models), synthetic.models)
     assert "pretrained" not in caplog.text
+
+
+def test_only_this_ranks_gpu_random_state_is_saved_and_restored(monkeypatch):
+    from utils.train_state import rng_state, set_rng_state
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: calls.append(("get", device)) or torch.zeros(3))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(("set", device)))
+    gpu = torch.device("cuda:3")
+    state = rng_state(gpu)
+    set_rng_state(state, gpu)
+    assert calls == [("get", gpu), ("set", gpu)] and isinstance(state["cuda"], torch.Tensor)

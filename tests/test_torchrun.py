@@ -95,3 +95,29 @@ def test_resumed_two_process_run_equals_an_uninterrupted_one(tiny_cfg, tmp_path)
     resumed, reference = load(run / f"checkpoint_{LATER}.pth.tar"), load(straight_run / f"checkpoint_{LATER}.pth.tar")
     assert resumed["val_history"] == reference["val_history"]
     assert_same_weights(resumed, reference)
+
+
+@pytest.mark.slow
+def test_when_one_process_fails_the_other_stops_naming_it(tiny_cfg, tmp_path):
+    path, run = write_config(tiny_cfg, tmp_path, "failing")
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    # Rank 1's third optimizer step raises; rank 0 is then waiting in a collective.
+    (hook / "sitecustomize.py").write_text(
+        "import os\n"
+        "if os.environ.get('RANK') == '1':\n"
+        "    import torch\n"
+        "    step, calls = torch.optim.SGD.step, []\n"
+        "    def failing(self, *a, **k):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 3:\n"
+        "            raise RuntimeError('injected failure')\n"
+        "        return step(self, *a, **k)\n"
+        "    torch.optim.SGD.step = failing\n")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(ROOT, "train.py"), "--cfg", path]
+    result = subprocess.run(command, env=dict(environment(), PYTHONPATH=str(hook)), capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0
+    assert "rank 0 stopping: rank 1 failed: RuntimeError: injected failure" in result.stderr, result.stderr[-3000:]
+    assert not (run / "train.lock").exists()
