@@ -119,5 +119,6 @@ def test_when_one_process_fails_the_other_stops_naming_it(tiny_cfg, tmp_path):
     result = subprocess.run(command, env=dict(environment(), PYTHONPATH=str(hook)), capture_output=True, text=True,
                             timeout=300)
     assert result.returncode != 0
-    assert "rank 0 stopping: rank 1 failed: RuntimeError: injected failure" in result.stderr, result.stderr[-3000:]
+    assert "rank 0 stopping: rank 1 failed: RuntimeError: injected failure" in result.stderr, \
+        "\n".join(line for line in result.stderr.splitlines() if "rank1" not in line)[-3000:]
     assert not (run / "train.lock").exists()
