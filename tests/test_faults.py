@@ -153,8 +153,13 @@ def test_resume_auto_skips_bad_checkpoints_and_corrupt_files_are_one_line_errors
         assert f"skipping {run / f'checkpoint_{skipped}.pth.tar'}: {why}" in result.stderr
     assert "resumed from " + str(run / "checkpoint_4.pth.tar") in result.stderr
 
-    for bad in ("checkpoint_8.pth.tar", "checkpoint_10.pth.tar", "checkpoint_12.pth.tar"):
-        one_line_error(train(path, "--resume", str(run / bad)), str(run / bad))
+    one_line_error(train(path, "--resume", str(run / "checkpoint_10.pth.tar")), str(run / "checkpoint_10.pth.tar"))
+    from train import resolve_resume
+    from utils.errors import CheckpointError
+
+    for bad in ("checkpoint_8.pth.tar", "checkpoint_12.pth.tar"):  # empty, truncated: the same path in-process
+        with pytest.raises(CheckpointError, match=f"^{run / bad}: cannot be resumed"):
+            resolve_resume(str(run / bad), str(run), tiny_cfg, set())
     one_line_error(train(path, "--opts", f"models.face.pretrained={run / 'checkpoint_10.pth.tar'}"),
                    str(run / "checkpoint_10.pth.tar"), "models.face.pretrained")
 
