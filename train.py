@@ -3,15 +3,18 @@
     python train.py --cfg config/cfg.yaml [--opts training.lr=0.02 ...] [--resume auto|PATH]
     python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2   # <run>/seed<k>/ each
     torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml
+
+Ctrl-C (SIGINT) or SIGTERM saves the last finished iteration and exits; `--resume auto` continues it.
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import logging
-import math
 import os
 import random
+import signal
+import sys
 import time
 
 import numpy as np
@@ -25,34 +28,54 @@ from data.prepare import is_prepared, prepare
 from losses import InstanceEquilibrium, should_refresh, total_loss
 from losses.diagnostics import TrainingDiagnostics
 from models import build_model
+from models.pair_encoder import PairEncoder
 from utils import distributed
-from utils.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    load_pretrained_face,
-    load_pretrained_voice,
-    prune_checkpoints,
-    save_checkpoint,
-)
-from utils.config import config_to_dict, load_config, run_dir, save_config
+from utils.checkpoint import load_pretrained_face, load_pretrained_voice, prune_checkpoints
+from utils.config import DEFAULTS, ConfigError, load_config, run_dir
+from utils.errors import CheckpointError, UserError
 from utils.evaluation import validate
+from utils.files import remove_stale_temporaries
+from utils.run_folder import acquire_lock, release_lock, write_run_config
+from utils.train_state import (
+    UNREADABLE,
+    TrainState,
+    check_resume_config,
+    gathered_rng,
+    reason,
+    resumable_checkpoint,
+)
 
 log = logging.getLogger("train")
 
+NOT_A_LOSS_TERM = ("rank_accuracy",)  # logged beside the terms, never a reason to stop
 
+
+# ---------------------------------------------------------------------------
+# The method's pieces the loop calls
+# ---------------------------------------------------------------------------
 def learning_rate(iteration: int, cfg_training) -> float:
     """Step schedule: lr × gamma for every step iteration already reached."""
     drops = sum(iteration >= step for step in cfg_training.lr_steps)
     return cfg_training.lr * cfg_training.lr_gamma ** drops
 
 
+def plateaued(history: list[float], patience: int) -> bool:
+    """The release's stopping rule: the last `patience` validation accuracies never increase."""
+    if patience <= 0 or len(history) < patience:
+        return False
+    tail = history[-patience:]
+    return all(b <= a for a, b in zip(tail, tail[1:]))
+
+
 def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
-    """PairEncoder, under DDP with batch norm synchronised over the global batch when distributed."""
+    """PairEncoder, under DDP with batch norm over the global batch when distributed."""
     encoders = PairEncoder(model)
     if not ctx.enabled:
         return encoders
-    if device.type == "cuda":  # SyncBatchNorm is CUDA-only; on CPU (gloo) each rank normalises its own rows
+    if device.type == "cuda":
         encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
+    else:  # torch's SyncBatchNorm is GPU-only
+        distributed.convert_to_global_batch_norm(encoders)
     return torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -89,239 +112,406 @@ def forward_loss(encoders: torch.nn.Module, batch: tuple, equilibrium: InstanceE
                                        cfg.training)
 
 
+# ---------------------------------------------------------------------------
+# Watching the run: NaN/inf, signals
+# ---------------------------------------------------------------------------
+class NonFiniteLoss(UserError):
+    pass
+
+
+class FiniteWatch:
+    """Marks non-finite loss terms on the device every iteration; the host only looks in `check()`.
+
+    Reading a GPU value waits for the GPU, so it happens at log, validation and save iterations only;
+    a NaN is still never saved (TrainState.save checks the weights themselves).
+    """
+
+    def __init__(self):
+        self.names: list[str] = []
+        self.bad: torch.Tensor | None = None  # per term: non-finite at some iteration
+        self.first: torch.Tensor | None = None  # per term: first such iteration (0 = none)
+
+    def update(self, terms: dict[str, torch.Tensor], iteration: int) -> None:
+        bad = ~torch.isfinite(torch.stack([t.detach().float() for t in terms.values()]))
+        if self.bad is None:
+            self.names, self.bad, self.first = list(terms), bad, torch.where(bad, iteration, 0)
+        else:
+            self.first = torch.where(bad & ~self.bad, iteration, self.first)
+            self.bad = self.bad | bad
+
+    def check(self) -> None:
+        if self.bad is None or not bool(self.bad.any()):
+            return
+        flags, first = self.bad.tolist(), self.first.tolist()
+        iteration = min(f for f, b in zip(first, flags) if b)
+        bad = [name for name, b, f in zip(self.names, flags, first) if b and f == iteration]
+        raise NonFiniteLoss(f"non-finite loss at iteration {iteration}: term(s) {', '.join(bad)}; "
+                            "stopping without saving this state")
+
+
+def check_finite(terms: dict[str, torch.Tensor], iteration: int) -> None:
+    """Stop on NaN/inf, naming the iteration and the offending loss terms."""
+    watch = FiniteWatch()
+    watch.update(terms, iteration)
+    watch.check()
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM: the last finished iteration is saved; the message says how to continue."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+class StopSignals:
+    """Turns SIGINT/SIGTERM into a request the loop answers between iterations; a second one acts at once."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self.previous = {}
+
+    def __enter__(self) -> "StopSignals":
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self.previous[signum] = signal.signal(signum, self._request)
+        return self
+
+    def _request(self, signum: int, frame) -> None:
+        self.signum = signum
+        signal.signal(signum, self.previous[signum])
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+# ---------------------------------------------------------------------------
+# Setup
+# ---------------------------------------------------------------------------
+def setup_logging(folder: str | None, is_main: bool) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if is_main and folder is not None:
+        handlers.append(logging.FileHandler(os.path.join(folder, "train.log")))
+    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    else:
-        torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.benchmark = not deterministic
 
 
-def rng_state() -> dict:
-    """Every random stream, as tensors and plain values (checkpoints load with weights_only)."""
-    kind, keys, position, has_gauss, gauss = np.random.get_state()
-    numpy_state = {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": position,
-                   "has_gauss": has_gauss, "gauss": gauss}
-    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def resolve_resume(resume: str | None, folder: str, cfg, overridden: set[str]) -> str | None:
+    """The checkpoint to continue from ('auto': the newest good one in the run folder), its config checked."""
+    if resume == "auto":
+        resume = resumable_checkpoint(folder)
+        if resume is None:
+            log.info("--resume auto: no usable checkpoint in %s, starting fresh", folder)
+            return None
+    if resume:
+        if not os.path.isfile(resume):
+            raise CheckpointError(f"--resume: checkpoint file not found: {resume}")
+        try:
+            saved = torch.load(resume, map_location="cpu", weights_only=True)
+        except UNREADABLE as e:
+            raise CheckpointError(f"{resume}: cannot be resumed: {reason(e)}") from None
+        check_resume_config(saved.get("config") if isinstance(saved, dict) else None, cfg, overridden, resume)
+    return resume
 
 
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["position"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def setup_logging(folder: str, is_main: bool) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if is_main:
-        handlers.append(logging.FileHandler(os.path.join(folder, "train.log")))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
-
-
-class PairEncoder(torch.nn.Module):
-    """Both images and both clips of a batch through the encoders in one forward (what DDP wraps)."""
-
-    def __init__(self, model: torch.nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, face, face_aux, voice, voice_aux) -> tuple[torch.Tensor, ...]:
-        m = self.model
-        return m.encode_face(face), m.encode_face(face_aux), m.encode_voice(voice), m.encode_voice(voice_aux)
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-def check_finite(terms: dict[str, torch.Tensor], iteration: int) -> None:
-    """Stop on NaN/inf, naming the iteration and the first offending loss term."""
-    values = torch.stack([t.detach().float() for t in terms.values()])
-    if bool(torch.isfinite(values).all()):
-        return
-    bad = [name for name, v in zip(terms, values.tolist()) if not math.isfinite(v)]
-    raise NonFiniteLoss(f"non-finite loss at iteration {iteration}: term(s) {', '.join(bad)}; "
-                        "stopping without saving this state")
-
-
-def plateaued(history: list[float], patience: int) -> bool:
-    """The release's stopping rule: the last `patience` validation accuracies never increase."""
-    if patience <= 0 or len(history) < patience:
-        return False
-    tail = history[-patience:]
-    return all(b <= a for a, b in zip(tail, tail[1:]))
-
-
-def train(cfg, resume: str | None = None) -> dict:
-    """Run training as the config says; returns the final training state summary."""
-    ctx = distributed.setup(distributed.device_of(cfg.device).type)
-    device = distributed.device_of(cfg.device, ctx)
+def open_run_folder(cfg, resume: str | None, overridden: set[str], ctx: distributed.Context) -> tuple:
+    """Rank 0 locks the run folder, cleans it, picks the checkpoint and writes config.yaml; all ranks learn it."""
     folder = run_dir(cfg)
-    if ctx.is_main:
-        os.makedirs(folder, exist_ok=True)
-        save_config(cfg, os.path.join(folder, "config.yaml"))
-    distributed.barrier(ctx)
-    setup_logging(folder, ctx.is_main)
-    seed_everything(cfg.seed + ctx.rank, cfg.training.deterministic)
+    lock = distributed.on_main(acquire_lock, ctx, folder)
+    try:
+        setup_logging(folder, ctx.is_main)
 
-    if ctx.is_main and not is_prepared(cfg):
-        log.info("data not prepared yet: running data.prepare")
-        prepare(cfg)
-    distributed.barrier(ctx)
+        def on_main() -> str | None:
+            remove_stale_temporaries(folder)
+            path = resolve_resume(resume or cfg.training.resume, folder, cfg, overridden)
+            write_run_config(cfg, folder)
+            return path
 
+        return folder, lock, distributed.on_main(on_main, ctx)
+    except BaseException:
+        if ctx.is_main:
+            release_lock(lock)
+        raise
+
+
+def prepare_data(cfg, ctx: distributed.Context) -> None:
+    if distributed.on_main(is_prepared, ctx, cfg):
+        return
+    if ctx.enabled:  # preparing takes long; the other processes would time out waiting
+        raise UserError("the data is not prepared: run `python -m data.prepare --cfg <config>` once, "
+                        "then start torchrun again")
+    log.info("data not prepared yet: running data.prepare")
+    prepare(cfg)
+
+
+def paper_sized(cfg_models) -> bool:
+    paper = DEFAULTS["models"]
+    return all(cfg_models[m][k] == paper[m][k] for m, k in
+               (("face", "units"), ("face", "widths"), ("voice", "layers"), ("voice", "filters")))
+
+
+def load_backbones(model: torch.nn.Module, cfg_models) -> None:
+    """The pretrained backbones the config names; a warning when the paper's encoders start from scratch."""
+    loaders = {"face": load_pretrained_face, "voice": load_pretrained_voice}
+    for name, load in loaders.items():
+        path = cfg_models[name].pretrained
+        if not path:
+            continue
+        try:
+            load(model, path)
+        except FileNotFoundError as e:
+            raise CheckpointError(str(e)) from None
+        except UNREADABLE as e:
+            raise CheckpointError(f"{path} (models.{name}.pretrained): cannot be read: {reason(e)}") from None
+    missing = [f"models.{name}.pretrained" for name in loaders if not cfg_models[name].pretrained]
+    if missing and paper_sized(cfg_models):
+        log.warning("%s null: those backbones start from random weights (the paper starts from pretrained "
+                    "ones, see the README's Pretrained backbones)", " and ".join(missing))
+
+
+def build_state(cfg, identities: int, device: torch.device) -> TrainState:
+    model = build_model(cfg.models)
+    load_backbones(model, cfg.models)
+    model = model.to(device)
     tcfg = cfg.training
-    if tcfg.batch_size % ctx.world_size:
-        raise ValueError(f"training.batch_size={tcfg.batch_size} is not divisible by the "
-                         f"{ctx.world_size} processes")
-    dataset = TrainDataset(cfg)
-    model = build_model(cfg.models).to(device)
-    if cfg.models.face.pretrained:
-        load_pretrained_face(model, cfg.models.face.pretrained)
-    if cfg.models.voice.pretrained:
-        load_pretrained_voice(model, cfg.models.voice.pretrained)
-    use_cuda = device.type == "cuda"
-    if tcfg.channels_last and use_cuda:
+    if tcfg.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    equilibrium = InstanceEquilibrium(len(dataset)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
                                 weight_decay=tcfg.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tcfg.amp == "fp16")
+    return TrainState(model, InstanceEquilibrium(identities).to(device), optimizer, scaler)
 
-    amp_dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tcfg.amp]
-    if not use_cuda:
-        amp_dtype = None  # mixed precision is a CUDA feature here; the CPU runs float32
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
-    start, best_val, history = 1, -1.0, []
-    resume = resume or tcfg.resume
-    if resume == "auto":
-        resume = latest_checkpoint(folder)
-        if resume is None:
-            log.info("--resume auto: no checkpoint in %s, starting fresh", folder)
+def amp_dtype_of(cfg_training, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda":
+        return None  # mixed precision is a CUDA feature here; the CPU runs float32
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg_training.amp]
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints and validation (called on every rank: they hold collectives)
+# ---------------------------------------------------------------------------
+def save(state: TrainState, path: str, cfg, ctx: distributed.Context, device: torch.device) -> None:
+    """Every rank contributes its RNG state; rank 0 writes (and its failure stops every rank)."""
+    rng = gathered_rng(ctx, device)
+    distributed.on_main(state.save, ctx, path, rng, cfg)
+
+
+def save_periodic(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device) -> str:
+    path = os.path.join(folder, f"checkpoint_{state.iteration}.pth.tar")
+    save(state, path, cfg, ctx, device)
+    if ctx.is_main:
+        prune_checkpoints(folder, cfg.training.keep_last)
+    return path
+
+
+def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device,
+                           writer) -> None:
+    accuracy = distributed.on_main(validate, ctx, state.model, cfg, device)
+    state.history.append(accuracy)
+    is_best = accuracy > state.best_val
+    state.best_val = max(state.best_val, accuracy)
+    if ctx.is_main:
+        writer.add_scalar("val/match_v2f_2", accuracy, state.iteration)
+        log.info("iteration %d: validation 1:2 v2f matching %.2f%% (best %.2f%%)", state.iteration,
+                 100 * accuracy, 100 * state.best_val)
+    if is_best:
+        save(state, os.path.join(folder, "checkpoint_best.pth.tar"), cfg, ctx, device)
+
+
+def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:
+    weights = equilibrium.identity_weights
+    low, middle, high = weights.min().item(), weights.median().item(), weights.max().item()
+    log.info("iteration %d: IE weights refreshed: min %.4g, median %.4g, max %.4g", iteration, low, middle, high)
+    if writer is not None:
+        writer.add_histogram("equilibrium/weights", weights.cpu().numpy(), iteration)
+
+
+def log_iteration(writer, bar, iteration: int, loss: torch.Tensor, terms: dict, lr: float,
+                  skipped_steps: torch.Tensor | None) -> None:
+    for name, value in terms.items():
+        writer.add_scalar(f"loss/{name}", float(value), iteration)
+    writer.add_scalar("loss/total", float(loss.detach()), iteration)
+    writer.add_scalar("lr", lr, iteration)
+    if skipped_steps is not None:
+        writer.add_scalar("amp/skipped_steps", int(skipped_steps), iteration)
+    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.0e}")
+
+
+def optimizer_step(state: TrainState, loss: torch.Tensor, skipped_steps: torch.Tensor | None) -> None:
+    """Backward and SGD step; with fp16, a step the scaler skips (inf gradients) is counted on the device."""
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if skipped_steps is None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        return
+    # The scale shrinks exactly when the step was skipped; comparing tensors needs no host sync
+    # (GradScaler's public get_scale() would wait for the GPU every iteration).
+    scale = state.scaler._scale.clone()
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    skipped_steps += state.scaler._scale < scale
+
+
+# ---------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------
+def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) -> dict:
+    """Run training as the config says; returns the final training state summary.
+
+    `overridden`: config keys set explicitly (--opts); only those may differ from a resumed checkpoint's.
+    """
+    tcfg = cfg.training
+    ctx = distributed.setup(cfg.device, tcfg.timeout_minutes)
+    lock = None
+    try:
+        if tcfg.batch_size % ctx.world_size:
+            raise ConfigError(f"training.batch_size={tcfg.batch_size} is not divisible by the "
+                              f"{ctx.world_size} processes")
+        device = distributed.device_of(cfg.device, ctx)
+        folder, lock, resume = open_run_folder(cfg, resume, overridden, ctx)
+        seed_everything(cfg.seed + ctx.rank, tcfg.deterministic)
+        prepare_data(cfg, ctx)
+        return run(cfg, folder, resume, ctx, device)
+    except Interrupted:  # every rank stops alike after a signal: nobody failed
+        raise
+    except Exception as e:
+        failure = distributed.stop_after_failure(e, ctx)
+        if failure is e:
+            raise
+        raise failure from None
+    finally:
+        if lock is not None and ctx.is_main:
+            release_lock(lock)
+        distributed.cleanup(ctx)
+
+
+def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: torch.device) -> dict:
+    """The training loop, from the state the setup built to max_iter (or the plateau, or a signal)."""
+    tcfg = cfg.training
+    dataset = TrainDataset(cfg)
+    state = build_state(cfg, len(dataset), device)
     if resume:
-        state = load_checkpoint(model, resume, equilibrium)
-        if state.get("format") != "aasm":
-            raise ValueError(f"{resume}: only checkpoints written by train.py can be resumed")
-        optimizer.load_state_dict(state["optimizer"])
-        if state["scaler"]:  # empty when the run that saved it had no fp16 scaler
-            scaler.load_state_dict(state["scaler"])
-        start, best_val, history = state["iteration"] + 1, state["best_val"], state["val_history"]
-        set_rng_state(state["rng"][min(ctx.rank, len(state["rng"]) - 1)])
-        log.info("resumed from %s at iteration %d", resume, start)
-
-    encoders = wrap_encoders(model, ctx, device)
-
-    loader = train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size)
+        state.restore(resume, ctx.rank, device)
+        log.info("resumed from %s at iteration %d", resume, state.iteration + 1)
+    encoders = wrap_encoders(state.model, ctx, device)
+    amp_dtype = amp_dtype_of(tcfg, device)
+    skipped_steps = torch.zeros((), dtype=torch.long, device=device) if state.scaler.is_enabled() else None
+    start = state.iteration + 1
+    batches = iter(train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size))
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
     diagnostics = TrainingDiagnostics(encoders, tcfg, writer) if tcfg.diagnostics and ctx.is_main else None
-
-    def checkpoint_state(iteration: int) -> dict:
-        return {"format": "aasm", "iteration": iteration, "model": model.state_dict(),
-                "equilibrium": equilibrium.state_dict(), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "best_val": best_val, "val_history": history, "rng": gathered_rng(ctx),
-                "config": config_to_dict(cfg)}
-
-    model.train()
-    last_iteration = tcfg.max_iter if tcfg.plateau_patience <= 0 else None
     bar = tqdm(total=tcfg.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
-    iteration = start
+    last = tcfg.max_iter if tcfg.plateau_patience <= 0 else None  # None: decided by the plateau rule
+    watch = FiniteWatch()
+    interrupted = False
+    state.model.train()
     t0 = time.time()
-    for batch in loader:
-        if last_iteration is not None and iteration > last_iteration:
-            break
-        lr = learning_rate(iteration, tcfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, terms, refreshed = forward_loss(encoders, batch, equilibrium, iteration, cfg, ctx, device, amp_dtype)
-        check_finite({"loss": loss, **terms}, iteration)
-        if writer is not None and refreshed:
-            writer.add_histogram("equilibrium/weights", equilibrium.identity_weights.cpu().numpy(), iteration)
+    with StopSignals() as signals, bar:
+        for iteration in range(start, last + 1 if last is not None else sys.maxsize):
+            try:
+                batch = next(batches)
+            except Exception:
+                if signals.signum is None:  # a worker stopped by the same Ctrl-C is no error of its own
+                    raise
+                interrupted = True
+                break
+            lr = learning_rate(iteration, tcfg)
+            for group in state.optimizer.param_groups:
+                group["lr"] = lr
+            loss, terms, refreshed = forward_loss(encoders, batch, state.equilibrium, iteration, cfg, ctx, device,
+                                                  amp_dtype)
+            watch.update({"loss": loss, **{k: v for k, v in terms.items() if k not in NOT_A_LOSS_TERM}}, iteration)
+            if refreshed and ctx.is_main:
+                log_refresh(state.equilibrium, iteration, writer)
+            optimizer_step(state, loss, skipped_steps)
+            state.iteration = iteration
+            bar.update(1)
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-
-        if ctx.is_main and (iteration % tcfg.log_iter == 0 or iteration == start):
-            for name, value in terms.items():
-                writer.add_scalar(f"loss/{name}", float(value), iteration)
-            writer.add_scalar("loss/total", float(loss.detach()), iteration)
-            writer.add_scalar("lr", lr, iteration)
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.0e}")
-        if diagnostics is not None:  # this rank's rows only
-            if refreshed:
-                diagnostics.record_weights(iteration, equilibrium.identity_weights)
-            if iteration % tcfg.log_iter == 0 or iteration == start:
-                diagnostics.record(iteration, equilibrium.weights_of(batch[3].to(device)))
-
-        reached_end = last_iteration is not None and iteration == last_iteration
-        if iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0 or reached_end:
-            accuracy = validate(model, cfg, device) if ctx.is_main else 0.0
-            accuracy = distributed.broadcast_object(accuracy, ctx)
-            history.append(accuracy)
-            is_best = accuracy > best_val
-            best_val = max(best_val, accuracy)
-            if ctx.is_main:
-                writer.add_scalar("val/match_v2f_2", accuracy, iteration)
-                log.info("iteration %d: validation 1:2 v2f matching %.2f%% (best %.2f%%)",
-                         iteration, 100 * accuracy, 100 * best_val)
-                if is_best:
-                    save_checkpoint(checkpoint_state(iteration), os.path.join(folder, "checkpoint_best.pth.tar"))
-            if last_iteration is None and iteration >= tcfg.max_iter and plateaued(history, tcfg.plateau_patience):
-                last_iteration = iteration
-        if iteration == 1 or iteration % tcfg.save_iter == 0 or iteration == last_iteration:
-            state = checkpoint_state(iteration)
-            if ctx.is_main:
-                save_checkpoint(state, os.path.join(folder, f"checkpoint_{iteration}.pth.tar"))
-                prune_checkpoints(folder, tcfg.keep_last)
-        bar.update(1)
-        if iteration == last_iteration:
-            break
-        iteration += 1
-
-    bar.close()
+            validating = iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0
+            end = iteration == last
+            saving = iteration == 1 or iteration % tcfg.save_iter == 0
+            logging_now = iteration % tcfg.log_iter == 0 or iteration == start
+            if logging_now or validating or end or saving:
+                watch.check()  # the loss is identical on every rank, so every rank stops alike
+                if logging_now and ctx.is_main:
+                    log_iteration(writer, bar, iteration, loss, terms, lr, skipped_steps)
+            if validating or end:
+                validate_and_keep_best(state, folder, cfg, ctx, device, writer)
+                if last is None and iteration >= tcfg.max_iter and plateaued(state.history, tcfg.plateau_patience):
+                    last, end = iteration, True
+            if saving or end:
+                save_periodic(state, folder, cfg, ctx, device)
+            if diagnostics is not None:  # rank 0's rows only
+                if refreshed:
+                    diagnostics.record_weights(iteration, state.equilibrium.identity_weights)
+                if logging_now:
+                    diagnostics.record(iteration, state.equilibrium.weights_of(batch[3].to(device)))
+            if end:
+                break
+            # Every rank must agree before stopping: multi-process runs ask at the synchronised iterations only.
+            if (not ctx.enabled or logging_now or validating or saving) and \
+                    distributed.any_rank(signals.signum is not None, ctx, device):
+                interrupted = True
+                break
+    if interrupted:
+        watch.check()
+        path = save_periodic(state, folder, cfg, ctx, device)
+        signum = signals.signum or signal.SIGTERM
+        raise Interrupted(f"{signal.Signals(signum).name}: stopped after iteration {state.iteration}, saved "
+                          f"{path}; continue with: {resume_command()}", signum)
     elapsed = time.time() - t0
     if ctx.is_main:
         log.info("finished %d iterations in %.1f s; best validation 1:2 v2f matching %.2f%%",
-                 iteration - start + 1, elapsed, 100 * best_val)
+                 state.iteration - start + 1, elapsed, 100 * state.best_val)
         if diagnostics is not None:
             log.info(diagnostics.summary())
         writer.close()
-    distributed.cleanup(ctx)
-    return {"iteration": iteration, "best_val": best_val, "seconds": elapsed, "run_dir": folder}
+    return {"iteration": state.iteration, "best_val": state.best_val, "seconds": elapsed, "run_dir": folder}
 
 
-def gathered_rng(ctx: distributed.Context) -> list[dict]:
-    """Every rank's RNG state (rank order), so a resumed run continues each stream."""
-    state = rng_state()
-    if not ctx.enabled:
-        return [state]
-    states = [None] * ctx.world_size
-    torch.distributed.all_gather_object(states, state)
-    return states
+def resume_command() -> str:
+    """This process' own command line with `--resume auto` (what continues the run)."""
+    args = list(sys.argv)
+    if "--resume" in args:
+        del args[args.index("--resume"):args.index("--resume") + 2]
+    launcher = "torchrun ... " if distributed.launched() else "python "
+    return launcher + " ".join(args + ["--resume", "auto"])
 
 
-def main() -> None:
+def override_keys(opts: list[str]) -> set[str]:
+    """The config keys named in --opts (key=value ...)."""
+    return {opt.split("=", 1)[0].strip() for opt in opts}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml")
     parser.add_argument("--opts", nargs="*", default=[], help="overrides: key.subkey=value ...")
     parser.add_argument("--resume", default=None, help="checkpoint to continue from, or 'auto' for the newest")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="train one run per seed, one after another, in <output_dir>/<exp_name>/seed<k>/")
-    args = parser.parse_args()
-    cfg = load_config(args.cfg, args.opts)
-    for seed_cfg in seed_configs(cfg, args.seeds):
-        train(seed_cfg, resume=args.resume)
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.cfg, args.opts)
+        for seed_cfg in seed_configs(cfg, args.seeds):
+            train(seed_cfg, resume=args.resume, overridden=override_keys(args.opts))
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def seed_configs(cfg, seeds: list[int] | None) -> list:

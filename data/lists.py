@@ -19,6 +19,7 @@ import numpy as np
 from data.lmdb_store import MissingKeyError
 from data.splits import Identity, key_labels
 from utils.metrics import ListError
+from utils.files import atomic_write
 
 LINES_PER_QUERY = 3
 DIRECTIONS = ("v2f", "f2v")
@@ -148,9 +149,8 @@ def write_lists(list_dir: str, split: str, identities: list[Identity], voice_key
         if os.path.exists(path):
             continue
         text = make_list(name, identities, voice_keys, face_keys, seed)
-        with open(path + ".tmp", "w") as f:
+        with atomic_write(path) as f:
             f.write(text)
-        os.replace(path + ".tmp", path)
         written.append(name)
     return written
 

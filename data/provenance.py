@@ -11,6 +11,7 @@ import hashlib
 import os
 
 from data.lmdb_store import _read_info
+from utils.files import atomic_write
 
 CHECKSUM_FILE = "lists.sha256"
 CHUNK = 1 << 20
@@ -31,9 +32,8 @@ def write_list_checksums(list_dir: str) -> str:
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(list_dir, "*.csv")) +
                    glob.glob(os.path.join(list_dir, "*.txt")))
     path = os.path.join(list_dir, CHECKSUM_FILE)
-    with open(path + ".tmp", "w") as f:
+    with atomic_write(path) as f:
         f.writelines(f"{file_digest(os.path.join(list_dir, n))[1]}  {n}\n" for n in names)
-    os.replace(path + ".tmp", path)
     return path
 
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from utils.config import ConfigError
 from utils.errors import UserError
+from utils.files import atomic_write
 
 SPLITS = ("train", "val", "test")
 SPLIT_HEADER = ("VoxCeleb1_ID", "VGGFace1_ID", "Gender", "Nationality", "Set")
@@ -131,11 +132,10 @@ def write_split(list_dir: str, split: str, identities: list[Identity]) -> str:
     """vox1_<split>.csv as released (comma-separated, one row per identity), written atomically."""
     path = split_path(list_dir, split)
     os.makedirs(list_dir, exist_ok=True)
-    with open(path + ".tmp", "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(SPLIT_HEADER)
         writer.writerows([i.vox_id, i.vgg_id, i.gender, i.nationality, i.set] for i in identities)
-    os.replace(path + ".tmp", path)
     return path
 
 

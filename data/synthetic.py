@@ -29,6 +29,8 @@ import soundfile
 from scipy import signal
 from tqdm import tqdm
 
+from utils.files import atomic_write
+
 SAMPLE_RATE = 16000
 META_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
 
@@ -544,14 +546,12 @@ def _unique_names(personas: list[Persona]) -> None:
 def write_meta(path: str, personas: list[Persona]) -> None:
     """vox1_meta.csv as VoxCeleb1 ships it (tab-separated), written atomically."""
     lo, hi = (int(f * len(personas)) for f in TEST_SET_AT)
-    tmp = path + ".tmp"
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.writer(f, delimiter="\t", lineterminator="\n")
         writer.writerow(META_HEADER)
         for p in personas:
             writer.writerow([p.vox_id, p.name, p.gender, NATIONALITIES[p.nation][0],
                              "test" if lo <= p.index < hi else "dev"])
-    os.replace(tmp, path)
 
 
 def contact_sheet(root: str, personas: list[Persona], path: str, rows: int = 6) -> None:

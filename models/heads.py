@@ -3,11 +3,15 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import nn
 
 
 class ProjectionHead(nn.Sequential):
-    """Backbone features → the D-dimensional joint embedding (not L2-normalised)."""
+    """Backbone features → the D-dimensional joint embedding (not L2-normalised).
+
+    Under autocast the last layer still runs in float32, so the embeddings reach the loss in float32.
+    """
 
     def __init__(self, in_features: int, hidden: int, out_features: int):
         super().__init__(OrderedDict(
@@ -15,3 +19,8 @@ class ProjectionHead(nn.Sequential):
             relu=nn.ReLU(),
             output=nn.Linear(hidden, out_features, bias=False),
         ))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        hidden = self.relu(self.hidden(features))
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self.output(hidden.float())

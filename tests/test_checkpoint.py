@@ -15,7 +15,7 @@ from utils.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoin
                               load_pretrained_voice, prune_checkpoints, save_checkpoint)
 from utils.errors import UserError
 from utils.config import load_config
-from train import rng_state, set_rng_state
+from utils.train_state import rng_state, set_rng_state
 
 RELEASED = load_config(os.path.join(ROOT, "config", "cfg.yaml"))
 SYNTHETIC = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))

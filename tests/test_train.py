@@ -40,3 +40,16 @@ def test_non_finite_loss_names_iteration_and_term():
     with pytest.raises(NonFiniteLoss, match=r"iteration 12: term\(s\) loss, bcr_face"):
         check_finite({"loss": torch.tensor(float("nan")), "aasm_cross": torch.tensor(0.5),
                       "bcr_face": torch.tensor(float("inf"))}, 12)
+
+
+def test_finite_watch_reports_the_first_bad_iteration_only_when_checked():
+    from train import FiniteWatch
+
+    watch = FiniteWatch()
+    ok = {"loss": torch.tensor(1.0), "bcr_face": torch.tensor(0.5)}
+    watch.update(ok, 1)
+    watch.check()
+    watch.update({"loss": torch.tensor(float("nan")), "bcr_face": torch.tensor(0.5)}, 2)  # no error yet
+    watch.update({"loss": torch.tensor(float("nan")), "bcr_face": torch.tensor(float("inf"))}, 3)
+    with pytest.raises(NonFiniteLoss, match=r"iteration 2: term\(s\) loss;"):
+        watch.check()

@@ -22,14 +22,14 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from models.face import InputNormalization
-from utils.errors import UserError
+from utils.errors import CheckpointError
+from utils.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ VOICE_LAYOUTS = ("voxceleb_trainer SpeakerNet (__S__.*, __L__.*)",
 DATA_PARALLEL_NOTE = "any of them with the 'module.' prefix of DataParallel / DDP on every key"
 
 
-class CheckpointLayoutError(UserError, ValueError):
+class CheckpointLayoutError(CheckpointError):
     """A checkpoint file in none of the layouts this project reads."""
 
 
@@ -192,10 +192,6 @@ def _load_entries(module: nn.Module, entries: dict[str, torch.Tensor], required:
     if problems:
         raise KeyError(f"{path}: " + "; ".join(problems))
     module.load_state_dict({k: _fit(v, own[k], k, path) for k, v in entries.items()}, strict=False)
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint file that cannot be read: empty, truncated, corrupt, or refused because it holds code."""
 
 
 def _read(path: str, config_key: str | None = None) -> dict:
@@ -320,25 +316,9 @@ def load_pretrained_voice(model: nn.Module, path: str) -> None:
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """Write atomically: a temporary file in the same folder, fsync, then rename over `path`."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=".pth.tar")
-    try:
-        with os.fdopen(descriptor, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    folder_descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(folder_descriptor)  # make the rename itself durable
-    finally:
-        os.close(folder_descriptor)
+    """Write atomically (utils.files.atomic_write): a failed write leaves the previous file intact."""
+    with atomic_write(path, "wb") as f:
+        torch.save(state, f)
 
 
 def periodic_checkpoints(run_dir: str) -> list[str]:

@@ -22,8 +22,17 @@ from utils.checkpoint import latest_checkpoint
 from utils.config import load_config
 from utils.errors import UserError
 from utils.features import Features
-from utils.protocol import COLUMNS, DIRECTIONS, ListSpec, Result, evaluate, evaluation_lists, format_table, \
-    write_outputs
+from utils.files import atomic_write
+from utils.protocol import (
+    COLUMNS,
+    DIRECTIONS,
+    ListSpec,
+    Result,
+    evaluate,
+    evaluation_lists,
+    format_table,
+    write_outputs,
+)
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
 REPLICATE_CELLS = 1 << 22  # replicates × lines per chunk of the bootstrap (bounds its memory)
@@ -212,8 +221,7 @@ def compare(cfg, runs: list[str], output: str | None, features_of: Callable) -> 
     if output:
         from utils import plots
 
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-        with open(output, "w") as f:
+        with atomic_write(output) as f:
             json.dump(result, f, indent=1)
         figure = plots.seed_values(result, ordered_lists(list(result["methods"][0]["lists"]), split),
                                    os.path.splitext(output)[0] + ".png")

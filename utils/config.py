@@ -117,6 +117,8 @@ DEFAULTS: dict[str, Any] = {
         "diagnostics": False,
         "resume": None,  # checkpoint path, or "auto" for the newest in the run folder
         "deterministic": False,
+        # torchrun: how long a process waits in a collective for the others (rank 0 validating, saving)
+        "timeout_minutes": 30.0,
     },
     "testing": {
         "split": "test",

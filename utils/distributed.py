@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
+
+from utils.config import ConfigError
+from utils.errors import UserError
 
 
 @dataclass
@@ -23,6 +28,11 @@ class Context:
         return self.world_size > 1
 
 
+def launched() -> bool:
+    """Started by torchrun (or another launcher) with more than one process."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def device_of(name: str, ctx: Context = Context()) -> torch.device:
     """The config's `device` ('auto' = CUDA when present); each rank takes its local GPU."""
     if name == "auto":
@@ -32,14 +42,30 @@ def device_of(name: str, ctx: Context = Context()) -> torch.device:
     return torch.device(name)
 
 
-def setup(device_type: str) -> Context:
-    """Join the process group torchrun describes in the environment (if any)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
+def setup(device_name: str, timeout_minutes: float) -> Context:
+    """Join the process group torchrun describes in the environment (if any).
+
+    Each rank first makes its own GPU (LOCAL_RANK) the current device, so that collectives and
+    object collectives never put two ranks' tensors on one GPU.
+    """
+    if not launched():
         return Context()
-    backend = "nccl" if device_type == "cuda" else "gloo"
-    dist.init_process_group(backend=backend)
-    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    if name_has_index(device_name):
+        raise ConfigError(f"config key 'device' is {device_name!r}: under torchrun every process takes the GPU "
+                          "of its LOCAL_RANK; use 'cuda' or 'auto' (and CUDA_VISIBLE_DEVICES to choose GPUs)")
+    world_size, local_rank = int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0"))
+    device = device_of(device_name, Context(0, world_size, local_rank))
+    options = {}
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        options["device_id"] = device
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            timeout=timedelta(minutes=timeout_minutes), **options)
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def name_has_index(device_name: str) -> bool:
+    return ":" in device_name
 
 
 def cleanup(ctx: Context) -> None:
@@ -90,3 +116,121 @@ def gather(x: torch.Tensor, ctx: Context) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(ctx.world_size)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def any_rank(flag: bool, ctx: Context, device: torch.device) -> bool:
+    """True on every rank when `flag` is true on at least one (a collective: call it on every rank)."""
+    if not ctx.enabled:
+        return flag
+    box = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
+class RankFailed(UserError):
+    """Another process of the run failed; this one stops too."""
+
+
+FAILURE_KEY = "aasm/failed/{}"
+
+
+def on_main(fn, ctx: Context, *args):
+    """`fn(*args)` run on rank 0 only, its result broadcast to every rank (call it on every rank).
+
+    An exception raised there is raised on every rank: the original on rank 0, RankFailed naming it
+    on the others, so no rank waits for a decision that never comes.
+    """
+    if not ctx.enabled:
+        return fn(*args)
+    result, failure = None, None
+    if ctx.is_main:
+        try:
+            result = fn(*args)
+        except Exception as e:
+            failure = e
+    result, message = broadcast_object((result, None if failure is None else str(failure)), ctx)
+    if failure is not None:
+        raise failure
+    if message is not None:
+        raise RankFailed(f"stopping: rank 0 failed: {message}")
+    return result
+
+
+def stop_after_failure(error: BaseException, ctx: Context) -> BaseException:
+    """The error this rank should stop with: RankFailed naming the rank that failed first, if another did.
+
+    A rank that fails on its own leaves a note in the launcher's store, so that the others, whose next
+    collective then breaks, say which rank failed and why instead of a bare connection error.
+    """
+    if not ctx.enabled or not dist.is_initialized() or isinstance(error, RankFailed):
+        return error
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        for rank in range(ctx.world_size):
+            if rank != ctx.rank and store.check([FAILURE_KEY.format(rank)]):
+                message = store.get(FAILURE_KEY.format(rank)).decode(errors="replace")
+                return RankFailed(f"rank {ctx.rank} stopping: rank {rank} failed: {message}")
+        store.set(FAILURE_KEY.format(ctx.rank), f"{type(error).__name__}: {error}")
+    except Exception:  # the store itself may be gone with the launcher; the original error still stands
+        pass
+    return error
+
+
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover every rank's rows, on any device.
+
+    torch's SyncBatchNorm runs on GPUs only; this twin lets CPU (gloo) runs normalise over the global
+    batch too, so that they train exactly like one process on the whole batch.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return super().forward(x)
+        dims = (0, 2, 3)
+        count = sum_over_ranks(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype))
+        mean = sum_over_ranks(x.sum(dims)) / count
+        centred = x - mean[None, :, None, None]
+        variance = sum_over_ranks(centred.square().sum(dims)) / count
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            self.running_mean.lerp_(mean.detach(), self.momentum)
+            self.running_var.lerp_(variance.detach() * count / (count - 1), self.momentum)
+        scale = self.weight / (variance + self.eps).sqrt()
+        return centred * scale[None, :, None, None] + self.bias[None, :, None, None]
+
+
+class SumOverRanks(torch.autograd.Function):
+    """all_reduce(sum) forward; backward too, since every rank holds a copy of the same global loss."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def sum_over_ranks(x: torch.Tensor) -> torch.Tensor:
+    return SumOverRanks.apply(x) if dist.is_initialized() else x
+
+
+def convert_to_global_batch_norm(module: nn.Module) -> nn.Module:
+    """Every BatchNorm2d of `module` replaced in place by a GlobalBatchNorm sharing its parameters and buffers."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            replacement = GlobalBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                          child.track_running_stats)
+            # The same parameter and buffer objects, so an optimizer built before still updates them.
+            replacement.weight, replacement.bias = child.weight, child.bias
+            replacement.running_mean, replacement.running_var = child.running_mean, child.running_var
+            replacement.num_batches_tracked = child.num_batches_tracked
+            replacement.train(child.training)
+            setattr(module, name, replacement)
+        else:
+            convert_to_global_batch_norm(child)
+    return module

@@ -3,3 +3,8 @@
 
 class UserError(Exception):
     """Bad input the user controls: the message names the file, list line, checkpoint or config key."""
+
+
+class CheckpointError(UserError, ValueError):
+    """A checkpoint or pretrained file cannot be used: empty, corrupt, holding code, in no known layout, not
+    finite, or from another config."""

@@ -13,6 +13,7 @@ from data.lists import list_path
 from data.provenance import file_digest
 from utils import metrics
 from utils.features import Features
+from utils.files import atomic_write
 
 DIRECTIONS = (("v2f", "voice→face"), ("f2v", "face→voice"))
 # (task, gender-constrained, column header) in the paper's order.
@@ -149,8 +150,7 @@ def write_outputs(results: list[Result], table: str, result_path: str, source: d
     """`list value` lines (%) at result_path, everything in a JSON beside it, and the plots; returns the paths."""
     from utils import plots
 
-    os.makedirs(os.path.dirname(os.path.abspath(result_path)), exist_ok=True)
-    with open(result_path, "w") as f:
+    with atomic_write(result_path) as f:
         f.writelines(f"{r.spec.name} {100 * r.value:.4f}\n" for r in results)
     stem = os.path.splitext(result_path)[0]
     summary = {
@@ -166,7 +166,7 @@ def write_outputs(results: list[Result], table: str, result_path: str, source: d
                   for r in results},
         "table": table,
     }
-    with open(stem + ".json", "w") as f:
+    with atomic_write(stem + ".json") as f:
         json.dump(summary, f, indent=1)
     verification = {r.spec.name: (r.scores, r.labels) for r in results if r.scores is not None}
     written = [result_path, stem + ".json"]

@@ -21,6 +21,7 @@ import numpy as np
 from easydict import EasyDict
 
 from data.user_files import modality_of
+from utils.files import atomic_write
 from utils.inference import Skipped, UnusableFile, VoiceFaceMatcher, ranks_within
 from utils.metrics import ListError, normalise
 
@@ -189,7 +190,5 @@ def score_pairs(matcher: VoiceFaceMatcher, pairs: str, root: str | None, output:
 
 
 def _write(path: str, write: Callable[[TextIO], object]) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         write(f)

@@ -1,0 +1,102 @@
+"""The run folder: one training run at a time (a lock file), and a config.yaml never replaced silently."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import time
+
+import yaml
+
+from utils.config import config_to_dict
+from utils.errors import UserError
+from utils.files import atomic_write
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = "train.lock"
+CONFIG_NAME = "config.yaml"
+
+
+class RunFolderBusy(UserError):
+    """Another live training run holds the run folder's lock."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def acquire_lock(folder: str) -> str:
+    """Create `<folder>/train.lock` holding this process' pid and host; a stale lock is taken over.
+
+    Refuses (RunFolderBusy) while the process named in the lock is alive on this host; a lock from
+    another host cannot be checked and is refused too.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_NAME)
+    mine = f"{os.getpid()} {socket.gethostname()}\n"
+    for _ in range(2):
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            owner = _read_owner(path)
+            if owner is None:  # vanished or half-written: try once more
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                continue
+            pid, host = owner
+            if host != socket.gethostname() or _alive(pid):
+                raise RunFolderBusy(f"{folder} is in use by another training run (pid {pid} on {host}, lock "
+                                    f"{path}); wait for it to finish, or use another exp_name") from None
+            log.warning("taking over the lock %s of pid %d, which is no longer running", path, pid)
+            os.unlink(path)
+            continue
+        with os.fdopen(descriptor, "w") as f:
+            f.write(mine)
+        return path
+    raise RunFolderBusy(f"could not take the lock {path}; another run may be starting in {folder}")
+
+
+def _read_owner(path: str) -> tuple[int, str] | None:
+    try:
+        with open(path) as f:
+            pid, host = f.read().split()
+        return int(pid), host
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def release_lock(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def write_run_config(cfg, folder: str) -> None:
+    """Write `<folder>/config.yaml`; a different one already there is kept as config.<time>.yaml first."""
+    path = os.path.join(folder, CONFIG_NAME)
+    new = config_to_dict(cfg)
+    if os.path.exists(path):
+        with open(path) as f:
+            old = yaml.safe_load(f)
+        if old == new:
+            return
+        kept = os.path.join(folder, f"config.{time.strftime('%Y%m%d-%H%M%S')}.yaml")
+        os.replace(path, kept)
+        log.warning("%s differs from this run's config (%s); the old one is kept as %s", path,
+                    ", ".join(_changed_keys(old, new)) or "layout", kept)
+    with atomic_write(path) as f:
+        yaml.safe_dump(new, f, sort_keys=False)
+
+
+def _changed_keys(old, new, prefix: str = "") -> list[str]:
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return [prefix.rstrip(".")] if old != new else []
+    keys = list(old) + [k for k in new if k not in old]
+    return [c for k in keys for c in _changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")]
