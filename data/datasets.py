@@ -10,6 +10,7 @@ encoders' float input (0-255 BGR, int16 scale) on the device, which moves a thir
 from __future__ import annotations
 
 import os
+import signal
 
 import cv2
 import numpy as np
@@ -208,7 +209,14 @@ def train_loader(cfg: EasyDict, dataset: TrainDataset | None = None, start_itera
                                    rank=rank, world_size=world_size)
     workers = cfg.dataset.num_workers
     return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=torch.cuda.is_available())
+                      pin_memory=torch.cuda.is_available(), worker_init_fn=leave_signals_to_the_trainer)
+
+
+def leave_signals_to_the_trainer(worker_id: int) -> None:
+    """Workers ignore Ctrl-C / SIGTERM sent to the whole process group: the trainer saves a checkpoint and then
+    shuts them down itself, instead of failing on a batch a killed worker never delivered."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def eval_loader(cfg: EasyDict, keys: list[str], modality: str) -> DataLoader:

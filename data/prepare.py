@@ -218,17 +218,36 @@ def _splits_argument(text: str) -> tuple[str, ...]:
     return tuple(s for s in SPLITS if s in names)
 
 
-def main() -> None:
-    from utils.config import load_config
+EXAMPLES = """examples:
+  python -m data.prepare --cfg config/synthetic.yaml            # generates the embedded corpus first
+  python -m data.prepare --cfg config/cfg.yaml --check          # writes nothing; exit 1 if a run would fail
+  python -m data.prepare --cfg config/cfg.yaml --splits test    # only what evaluating needs
+  python -m data.prepare --cfg config/cfg.yaml --opts dataset.lmdb_dir=/fast/disk/lmdb
 
-    parser = argparse.ArgumentParser(description="Build splits, LMDB stores and evaluation lists.")
-    parser.add_argument("--cfg", required=True, help="config YAML")
+writes, in dataset.list_dir: vox1_{train,val,test}.csv, the val and test lists (<name>.txt; lists
+already there are kept and checked) and lists.sha256; in dataset.lmdb_dir: audio.lmdb and face.lmdb,
+each with store.json, skipped.tsv (files left out, and why) and notes.tsv. Safe to re-run; an
+interrupted build resumes."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from utils.config import OPTS_HELP
+
+    parser = argparse.ArgumentParser(description="Build the split CSVs, LMDB stores and evaluation lists a run reads.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
     parser.add_argument("--splits", type=_splits_argument, default=SPLITS,
                         help="prepare only these splits, e.g. `test` or `val,test` (default: all)")
     parser.add_argument("--check", action="store_true",
                         help="write nothing: report what the data holds and what a run would miss (exit 1)")
-    parser.add_argument("--opts", nargs="*", default=[], help="key=value overrides")
-    args = parser.parse_args()
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from utils.config import load_config
+
+    args = build_parser().parse_args(argv)
     cfg = load_config(args.cfg, args.opts)
     if args.check:
         from data.check import check

@@ -1,5 +1,7 @@
-"""Paths of the test data and the config of the tiny synthetic corpus the tests build (conftest.py)."""
+"""Paths of the test data, the config of the tiny synthetic corpus the tests build (conftest.py), test.py as a module."""
+import importlib.util
 import os
+import sys
 
 from utils.config import load_config
 
@@ -38,3 +40,12 @@ def short_run_opts(root: str, output_dir: str) -> list[str]:
             "training.max_iter=400", "training.lr_steps=[300]", "training.regauge_iter=300", "training.warm_up=200",
             "training.weight_update_iter=50", "training.val_start=200", "training.val_iter=200",
             "training.save_iter=200", "testing.bootstrap=50"]
+
+
+def test_script():
+    """test.py as a module, loaded by path (`test` is also the standard library's regression-test package)."""
+    if "test_script" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("test_script", os.path.join(ROOT, "test.py"))
+        sys.modules["test_script"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules["test_script"])
+    return sys.modules["test_script"]

@@ -98,16 +98,23 @@ def test_a_failed_save_stops_training_naming_the_path_and_the_disk(tiny_cfg, tmp
 # ---------------------------------------------------------------------------
 # Signals, locks, resuming
 # ---------------------------------------------------------------------------
-@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow), signal.SIGTERM])
-def test_a_signal_saves_the_last_iteration_and_says_how_to_resume(tiny_cfg, tmp_path, signum):
-    path, run = write_config(tiny_cfg, tmp_path, "run", "training.max_iter=100000", "training.save_iter=100000")
+@pytest.mark.parametrize("signum, workers", [pytest.param(signal.SIGINT, 0, marks=pytest.mark.slow),
+                                             (signal.SIGTERM, 0), (signal.SIGINT, 1)])
+def test_a_signal_saves_the_last_iteration_and_says_how_to_resume(tiny_cfg, tmp_path, signum, workers):
+    # With loader workers the signal goes to the whole process group, as Ctrl-C in a terminal sends it.
+    path, run = write_config(tiny_cfg, tmp_path, "run", "training.max_iter=100000", "training.save_iter=100000",
+                             f"dataset.num_workers={workers}")
     process = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), "--cfg", path],
-                               env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True)
+                               env=dict(os.environ, OMP_NUM_THREADS="1"), stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
     first = run / "checkpoint_1.pth.tar"
     while not first.exists() and process.poll() is None:
         time.sleep(0.05)
     time.sleep(1.0)
-    process.send_signal(signum)
+    if workers:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 128 + signum, stderr[-2000:]
     saved = [p for p in os.listdir(run) if p.startswith("checkpoint_") and p != "checkpoint_1.pth.tar"]

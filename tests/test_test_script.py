@@ -1,6 +1,5 @@
 """test.py, utils.protocol, utils.features: features files, table routing and format, outputs, feature cache, errors."""
 import hashlib
-import importlib.util
 import json
 import os
 import re
@@ -12,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import DATA, ROOT
+from helpers import DATA, ROOT, test_script
 from utils import metrics
 from utils.config import load_config
 from utils.features import FeaturesError, as_arrays, save_features_file
@@ -22,10 +21,7 @@ CASE = os.path.join(DATA, "metric_case")
 REFERENCE = os.path.join(CASE, "embeddings.pt")
 CONFIG = os.path.join(ROOT, "config", "synthetic.yaml")
 
-# `test` is also the standard library's regression-test package: load the script by path.
-_spec = importlib.util.spec_from_file_location("test_script", os.path.join(ROOT, "test.py"))
-script = sys.modules["test_script"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(script)
+script = test_script()
 
 # Table cell -> the list whose value it must show (the paper's layout, spelled out independently).
 CELLS = {

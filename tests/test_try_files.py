@@ -20,12 +20,10 @@ from data.datasets import clip_samples, eval_voice
 from data.face_crop import MARGIN, crop_face, detect_face
 from data.lmdb_store import BadInput
 from data.user_files import read_face, read_voice
-from helpers import ROOT, SYNTHETIC, tiny_opts
+from helpers import ROOT, SYNTHETIC, tiny_opts, test_script
 from utils.inference import Skipped, UnusableFile, VoiceFaceMatcher
 
-_spec = importlib.util.spec_from_file_location("test_script", os.path.join(ROOT, "test.py"))
-script = sys.modules["test_script"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(script)
+script = test_script()
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(importlib.util.find_spec("skimage").origin), "data")
 

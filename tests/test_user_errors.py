@@ -1,5 +1,4 @@
 """Data that used to be silently wrong, and user errors as one line from the entry points (files on disk)."""
-import importlib.util
 import os
 import shutil
 import subprocess
@@ -12,15 +11,12 @@ import soundfile
 from data.lists import unlistable_reason
 from data.prepare import prepare
 from data.splits import SplitError, read_meta
-from helpers import ROOT, tiny_config
+from helpers import ROOT, tiny_config, test_script
 from utils.config import save_config
 from utils.errors import UserError
 from utils.metrics import ListError, read_key_table, read_retrieval_keys
 
-_spec = importlib.util.spec_from_file_location("test_script", os.path.join(ROOT, "test.py"))
-script = sys.modules.setdefault("test_script", importlib.util.module_from_spec(_spec))
-if not hasattr(script, "main"):
-    _spec.loader.exec_module(script)
+script = test_script()
 
 
 def run(module_or_script: list[str], cfg, tmp_path) -> subprocess.CompletedProcess:

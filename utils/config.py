@@ -205,6 +205,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 
 
+OPTS_HELP = ("config overrides, `section.key=value` (e.g. training.lr=1e-3 dataset.num_workers=8); every key, "
+             "with its default and meaning, is listed in DEFAULTS of utils/config.py; values are type-checked")
+
+
 class ConfigError(UserError, ValueError):
     """A config key is unknown or has a value of the wrong type or out of its range."""
 
