@@ -32,7 +32,7 @@ import sys
 import numpy as np
 import torch
 
-from data.lists import check_keys, list_path
+from data.lists import DIRECTIONS, ListSpec, check_keys, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE
 from data.provenance import file_digest, store_summary
 from utils import metrics, try_files
@@ -40,9 +40,7 @@ from utils.config import OPTS_HELP, config_to_dict, load_config, run_dir
 from utils.distributed import device_of
 from utils.errors import UserError
 from utils.features import Features, as_arrays, load_features_file, save_features_file
-from utils.protocol import ListSpec, Result, evaluate, evaluation_lists, format_table, write_outputs
-
-MODALITIES = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}  # (query, candidates)
+from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 
 class MissingCheckpoint(UserError, FileNotFoundError):
@@ -104,7 +102,7 @@ def files_by_modality(lists: list[ListSpec], keys: dict[str, np.ndarray | list[n
     """Every file the lists name, by modality (the query column/line is the direction's first modality)."""
     files: dict[str, set[str]] = {"voice": set(), "face": set()}
     for t in lists:
-        query, candidate = MODALITIES[t.direction]
+        query, candidate = DIRECTIONS[t.direction]
         rows = keys[t.name]
         queries, candidates = (rows[0], rows[1]) if t.task == "retrieval" else (rows[:, 0], rows[:, 1:].ravel())
         files[query].update(queries.tolist())
@@ -159,7 +157,7 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     keys = files["voice"] + files["face"]
     ids, genders = identities_of(cfg, keys)
     device = device_of(cfg.device)
-    model = build_model(cfg.models)
+    model = build_model(cfg.models, cfg.dataset.sample_rate)
     load_checkpoint(model, checkpoint)
     model.to(device).eval()
     stored = store_keys(cfg, files)  # the lists' keys, or their other name form where the store has that

@@ -279,7 +279,7 @@ def load_backbones(model: torch.nn.Module, cfg_models) -> None:
 
 
 def build_state(cfg, identities: int, device: torch.device) -> TrainState:
-    model = build_model(cfg.models)
+    model = build_model(cfg.models, cfg.dataset.sample_rate)
     load_backbones(model, cfg.models)
     model = model.to(device)
     tcfg = cfg.training

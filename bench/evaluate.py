@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.lists import list_names, list_path, make_list  # noqa: E402
+from data.lists import list_names, list_path, list_specs, make_list  # noqa: E402
 from data.splits import Identity  # noqa: E402
 from utils import metrics  # noqa: E402
 
@@ -49,9 +49,9 @@ def build(work: str, seed: int = 0) -> tuple[str, str]:
     faces = [f"{p.vgg_id}/{n + 1:08d}.jpg" for p, count in zip(identities, files(IMAGES, 20)) for n in range(count)]
     list_dir = os.path.join(work, "lists")
     os.makedirs(list_dir, exist_ok=True)
-    for name in list_names("test"):
-        with open(list_path(list_dir, name), "w") as f:
-            f.write(make_list(name, identities, voices, faces, seed))
+    for spec in list_specs("test"):
+        with open(list_path(list_dir, spec.name), "w") as f:
+            f.write(make_list(spec, identities, voices, faces, seed))
 
     keys = voices + faces
     owner = {**{p.vox_id: i for i, p in enumerate(identities)}, **{p.vgg_id: i for i, p in enumerate(identities)}}

@@ -12,28 +12,61 @@ from __future__ import annotations
 import os
 import re
 import zlib
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
 from data.lmdb_store import MissingKeyError
 from data.splits import Identity, key_labels
-from utils.metrics import ListError
 from utils.files import atomic_write
+from utils.metrics import ListError, read_key_table, read_retrieval_keys
 
 LINES_PER_QUERY = 3
-DIRECTIONS = ("v2f", "f2v")
+DIRECTIONS = {"v2f": ("voice", "face"), "f2v": ("face", "voice")}  # the query's and the candidates' modality
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    """One list: its task, direction, gender constraint and split name the file."""
+
+    task: str  # matching | verification | retrieval
+    direction: str  # v2f | f2v
+    gender: bool  # negatives of the same gender (the G lists)
+    split: str
+    candidates: int = 2  # N of a 1:N matching list
+
+    @property
+    def name(self) -> str:
+        g = "g_" if self.gender else ""
+        if self.task == "matching":
+            return f"match_{g}{self.direction}_{self.candidates}_{self.split}"
+        if self.task == "verification":
+            return f"verify_{g}{self.direction}_{self.split}"
+        return f"reterival_{self.direction}_{self.split}"  # sic: the released spelling
+
+    @property
+    def columns(self) -> int | None:
+        """Paths per line: the query and its candidates (None for retrieval: two lines)."""
+        return {"matching": self.candidates + 1, "verification": 2}.get(self.task)
+
+    def read_keys(self, path: str) -> np.ndarray | list[np.ndarray]:
+        """The list's keys as evaluation reads them: a (lines, columns) table, or [queries, gallery]."""
+        if self.task == "retrieval":
+            return list(read_retrieval_keys(path))
+        return read_key_table(path, self.columns, self.columns)
+
+
+def list_specs(split: str, match_n: Iterable[int] = (2,)) -> list[ListSpec]:
+    """Every list of a split: 1:N matching (each N of match_n), verification, retrieval, U before G."""
+    specs = [ListSpec("matching", d, g, split, n) for n in match_n for g in (False, True) for d in DIRECTIONS]
+    specs += [ListSpec("verification", d, g, split) for g in (False, True) for d in DIRECTIONS]
+    return specs + [ListSpec("retrieval", d, False, split) for d in DIRECTIONS]
 
 
 def list_names(split: str, match_n: Iterable[int] = (2,)) -> list[str]:
-    """Every list name of a split, in the order test.py reports them."""
-    names = []
-    for n in match_n:
-        for gender in ("", "g_"):
-            names += [f"match_{gender}{d}_{n}_{split}" for d in DIRECTIONS]
-    for gender in ("", "g_"):
-        names += [f"verify_{gender}{d}_{split}" for d in DIRECTIONS]
-    return names + [f"reterival_{d}_{split}" for d in DIRECTIONS]  # sic: the released spelling
+    """Every list name of a split (list_specs' order)."""
+    return [spec.name for spec in list_specs(split, match_n)]
 
 
 def list_path(list_dir: str, name: str) -> str:
@@ -109,33 +142,29 @@ def _join(columns: list[np.ndarray]) -> str:
     return "\n".join(line.tolist()) + "\n"
 
 
-def make_list(name: str, identities: list[Identity], voice_keys: Sequence[str], face_keys: Sequence[str],
+def make_list(spec: ListSpec, identities: list[Identity], voice_keys: Sequence[str], face_keys: Sequence[str],
               seed: int) -> str:
-    """The text of list `name` (e.g. `match_g_v2f_2_test`) over these identities and files."""
+    """The text of the list `spec` names over these identities and files."""
+    name = spec.name
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    kind, rest = name.split("_", 1)
-    same_gender = rest.startswith("g_")
-    direction = rest.removeprefix("g_")[:3]
-    voices, faces = _Files(voice_keys, identities), _Files(face_keys, identities)
-    queries, gallery = (voices, faces) if direction == "v2f" else (faces, voices)
-    if kind == "reterival":
+    files = {"voice": _Files(voice_keys, identities), "face": _Files(face_keys, identities)}
+    queries, gallery = (files[modality] for modality in DIRECTIONS[spec.direction])
+    if spec.task == "retrieval":
         return " ".join(queries.keys.tolist()) + "\n" + " ".join(gallery.keys.tolist()) + "\n"
     keep = gallery.counts[queries.owners] > 0  # a query needs a positive
     query_keys = np.repeat(queries.keys[keep], LINES_PER_QUERY)
     owners = np.repeat(queries.owners[keep], LINES_PER_QUERY)
     genders = np.unique([i.gender for i in identities], return_inverse=True)[1]
-    pool_of = genders if same_gender else np.zeros(len(identities), np.int64)
+    pool_of = genders if spec.gender else np.zeros(len(identities), np.int64)
     eligible = gallery.counts > 0
-    if kind == "match":
-        n = int(rest.rsplit("_", 2)[-2])
+    if spec.task == "matching":
+        n = spec.candidates
         negatives = _draw_others(rng, owners, pool_of, eligible, n - 1, name)
         columns = [query_keys, gallery.draw(rng, owners)] + [gallery.draw(rng, negatives[:, c]) for c in range(n - 1)]
-    elif kind == "verify":
+    else:
         same = rng.random(len(owners)) < 0.5
         others = _draw_others(rng, owners, pool_of, eligible, 1, name)[:, 0]
         columns = [query_keys, gallery.draw(rng, np.where(same, owners, others))]
-    else:
-        raise ListError(f"unknown list kind in '{name}'")
     return _join(columns)
 
 
@@ -144,14 +173,14 @@ def write_lists(list_dir: str, split: str, identities: list[Identity], voice_key
     """Write every missing list of a split (existing ones, e.g. the authors', are kept); returns the written names."""
     os.makedirs(list_dir, exist_ok=True)
     written = []
-    for name in list_names(split, match_n):
-        path = list_path(list_dir, name)
+    for spec in list_specs(split, match_n):
+        path = list_path(list_dir, spec.name)
         if os.path.exists(path):
             continue
-        text = make_list(name, identities, voice_keys, face_keys, seed)
+        text = make_list(spec, identities, voice_keys, face_keys, seed)
         with atomic_write(path) as f:
             f.write(text)
-        written.append(name)
+        written.append(spec.name)
     return written
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from easydict import EasyDict
 from tqdm import tqdm
 
+from data.datasets import clip_samples
 from data.layout import FACE, VOICE, as_store_keys, identity_folder, other_name, resolve_rows, store_name
 from data.lists import check_keys, list_names, list_path, unlistable_reason, write_lists
 from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, LmdbStore, MissingKeyError,
@@ -96,7 +97,7 @@ def _store_params(cfg: EasyDict) -> dict[str, dict]:
     d = cfg.dataset
     return {
         AUDIO_STORE: {"kind": "audio", "sample_rate": d.sample_rate,
-                      "max_samples": int(round(d.clip_seconds * d.sample_rate))},
+                      "max_samples": clip_samples(cfg)},
         FACE_STORE: {"kind": "face", "store_image_size": d.store_image_size},
     }
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from models.face import FaceEncoder
 from models.voice import VoiceEncoder
+from utils.config import DEFAULTS
 
 
 class VoiceFaceModel(nn.Module):
@@ -22,14 +23,16 @@ class VoiceFaceModel(nn.Module):
         return self.face_encoder(images)
 
     def encode_voice(self, waves: torch.Tensor) -> torch.Tensor:
-        """Waveforms N×T float (16 kHz, int16 scale) → N×D."""
+        """Waveforms N×T float (at the data's sample rate, int16 scale) → N×D."""
         return self.voice_encoder(waves)
 
 
-def build_model(cfg_models: EasyDict) -> VoiceFaceModel:
-    """The model described by `cfg.models` (randomly initialised; reads no files)."""
+def build_model(cfg_models: EasyDict, sample_rate: int = DEFAULTS["dataset"]["sample_rate"]) -> VoiceFaceModel:
+    """The model described by `cfg.models` for clips at `sample_rate` (`cfg.dataset.sample_rate`), randomly
+    initialised; reads no files."""
     face, voice = cfg_models.face, cfg_models.voice
     return VoiceFaceModel(
         FaceEncoder(face.units, face.widths, face.se, face.head_hidden, cfg_models.embedding_dim),
-        VoiceEncoder(voice.layers, voice.filters, voice.n_mels, voice.head_hidden, cfg_models.embedding_dim),
+        VoiceEncoder(voice.layers, voice.filters, voice.n_mels, voice.head_hidden, cfg_models.embedding_dim,
+                     sample_rate),
     )

@@ -15,16 +15,13 @@ from torch import nn
 from models.face import SqueezeExcitation
 from models.heads import ProjectionHead
 
-SAMPLE_RATE = 16000
-
-
 class LogMelFrontEnd(nn.Module):
     """Waveform N×T (int16 scale) → N×mels×frames: log(mel power + 1e-6), normalised per mel bin over time."""
 
-    def __init__(self, n_mels: int):
+    def __init__(self, n_mels: int, sample_rate: int):
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=SAMPLE_RATE, n_fft=512, win_length=400, hop_length=160,
+            sample_rate=sample_rate, n_fft=512, win_length=400, hop_length=160,
             window_fn=torch.hamming_window, n_mels=n_mels)
         self.instance_norm = nn.InstanceNorm1d(n_mels)
 
@@ -75,15 +72,15 @@ class AttentivePooling(nn.Module):
 
 
 class VoiceEncoder(nn.Module):
-    """Waveforms N×T (16 kHz, int16 scale) → embeddings N×D."""
+    """Waveforms N×T (at `sample_rate`, the data's `dataset.sample_rate`; int16 scale) → embeddings N×D."""
 
     def __init__(self, layers: Sequence[int], filters: Sequence[int], n_mels: int, head_hidden: int,
-                 embedding_dim: int):
+                 embedding_dim: int, sample_rate: int):
         super().__init__()
         if len(layers) != 4 or len(filters) != 4:
             raise ValueError(f"models.voice.layers {list(layers)} and models.voice.filters {list(filters)} "
                              "must list four stages")
-        self.front_end = LogMelFrontEnd(n_mels)
+        self.front_end = LogMelFrontEnd(n_mels, sample_rate)
         self.stem = nn.Sequential(OrderedDict(
             conv=nn.Conv2d(1, filters[0], 7, (2, 1), 3, bias=False),
             bn=nn.BatchNorm2d(filters[0]),

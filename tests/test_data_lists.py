@@ -4,12 +4,12 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import tiny_config
 
-from data.lists import check_keys, list_names, list_path, make_list
+from data.lists import ListSpec, check_keys, list_names, list_path, make_list
 from data.lmdb_store import MissingKeyError
 from data.prepare import prepare
 from data.splits import Identity, key_labels
-from helpers import tiny_config
 from utils.metrics import read_key_table, read_retrieval_keys
 from utils.protocol import evaluation_lists
 
@@ -49,7 +49,7 @@ def test_names_are_the_released_ones():
 @pytest.mark.parametrize("n", [2, 5])
 def test_matching_lists(split, direction, gender, n):
     ids, voices, faces = split
-    rows = _rows(make_list(f"match_{gender}{direction}_{n}_test", ids, voices, faces, seed=0))
+    rows = _rows(make_list(ListSpec("matching", direction, bool(gender), "test", n), ids, voices, faces, seed=0))
     queries = voices if direction == "v2f" else faces
     assert rows.shape == (3 * len(queries), n + 1)
     assert (rows[:, 0] == np.repeat(_by_identity(queries, ids), 3)).all()  # every query file, 3 consecutive lines
@@ -67,7 +67,7 @@ def test_matching_lists(split, direction, gender, n):
 @pytest.mark.parametrize("gender", ["", "g_"])
 def test_verification_lists(split, gender):
     ids, voices, faces = split
-    rows = _rows(make_list(f"verify_{gender}f2v_test", ids, voices, faces, seed=0))
+    rows = _rows(make_list(ListSpec("verification", "f2v", bool(gender), "test"), ids, voices, faces, seed=0))
     assert rows.shape == (3 * len(faces), 2)
     owner = key_labels(rows.ravel(), ids).reshape(rows.shape)
     positive = owner[:, 0] == owner[:, 1]
@@ -78,16 +78,17 @@ def test_verification_lists(split, gender):
 
 def test_retrieval_lists(split):
     ids, voices, faces = split
-    lines = make_list("reterival_v2f_test", ids, voices, faces, seed=0).splitlines()
+    lines = make_list(ListSpec("retrieval", "v2f", False, "test"), ids, voices, faces, seed=0).splitlines()
     assert len(lines) == 2
     assert lines[0].split(" ") == _by_identity(voices, ids) and lines[1].split(" ") == _by_identity(faces, ids)
 
 
 def test_lists_are_deterministic_for_a_seed(split):
     ids, voices, faces = split
-    a = make_list("match_g_v2f_2_val", ids, voices, faces, seed=3)
-    assert a == make_list("match_g_v2f_2_val", ids, list(reversed(voices)), faces, seed=3)
-    assert a != make_list("match_g_v2f_2_val", ids, voices, faces, seed=4)
+    spec = ListSpec("matching", "v2f", True, "val")
+    a = make_list(spec, ids, voices, faces, seed=3)
+    assert a == make_list(spec, ids, list(reversed(voices)), faces, seed=3)
+    assert a != make_list(spec, ids, voices, faces, seed=4)
 
 
 def test_too_few_identities_of_a_gender(split):
@@ -96,7 +97,7 @@ def test_too_few_identities_of_a_gender(split):
     voices = [v for v in voices if v.split("/")[0] in {i.vox_id for i in ids}]
     faces = [f for f in faces if f.split("/")[0] in {i.vgg_id for i in ids}]
     with pytest.raises(ValueError, match="match_g_v2f_2_test"):
-        make_list("match_g_v2f_2_test", ids, voices, faces, seed=0)
+        make_list(ListSpec("matching", "v2f", True, "test"), ids, voices, faces, seed=0)
 
 
 def test_read_released_lists():

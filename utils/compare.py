@@ -16,23 +16,14 @@ from typing import Callable
 
 import numpy as np
 
-from data.lists import list_path
+from data.lists import ListSpec, list_path
 from utils import metrics
 from utils.checkpoint import latest_checkpoint
 from utils.config import load_config
 from utils.errors import UserError
 from utils.features import Features
 from utils.files import atomic_write
-from utils.protocol import (
-    COLUMNS,
-    DIRECTIONS,
-    ListSpec,
-    Result,
-    evaluate,
-    evaluation_lists,
-    format_table,
-    write_outputs,
-)
+from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
 REPLICATE_CELLS = 1 << 22  # replicates × lines per chunk of the bootstrap (bounds its memory)
@@ -185,7 +176,7 @@ def comparison(methods: list[Method], replicates: int, seed: int) -> dict:
 
 def ordered_lists(names: list[str], split: str) -> list[str]:
     """The table's lists in the paper's order (direction, then column), then any others."""
-    order = [ListSpec(task, direction, gender, split).name for direction, _ in DIRECTIONS for task, gender, _ in COLUMNS]
+    order = [spec.name for spec in evaluation_lists(split)]
     return [n for n in order if n in names] + [n for n in names if n not in order]
 
 

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 from typing import Iterable
 
-import numpy as np
 import torch
 from easydict import EasyDict
 from tqdm import tqdm
 
 from data.datasets import as_float, eval_loader
-from data.lists import list_path
+from data.lists import ListSpec, list_path
+from data.splits import key_labels, read_split
 from utils import metrics
+from utils.features import Features
+from utils.protocol import evaluate_list
 
-VALIDATION_LIST = "match_v2f_2_val"
+VALIDATION_LIST = ListSpec("matching", "v2f", False, "val")
 
 
 @torch.no_grad()
@@ -42,8 +44,9 @@ def embed(model: torch.nn.Module, cfg: EasyDict, keys: list[str], modality: str,
 
 
 def validate(model: torch.nn.Module, cfg: EasyDict, device: torch.device) -> float:
-    """1:2 voice-to-face matching accuracy on the validation list (the release's model selection)."""
-    path = list_path(cfg.dataset.list_dir, VALIDATION_LIST)
+    """1:2 voice-to-face matching accuracy on the validation list (the release's model selection), computed as
+    test.py computes it."""
+    path = list_path(cfg.dataset.list_dir, VALIDATION_LIST.name)
     voices, faces = (sorted(files) for files in metrics.list_files(path))
     was_training = model.training
     model.eval()
@@ -51,7 +54,7 @@ def validate(model: torch.nn.Module, cfg: EasyDict, device: torch.device) -> flo
         embeddings = torch.cat([embed(model, cfg, voices, "voice", device), embed(model, cfg, faces, "face", device)])
     finally:
         model.train(was_training)
-    name2row = {key: row for row, key in enumerate(voices + faces)}
-    rows = metrics.read_list(path, name2row, min_columns=3)
-    scores = metrics.line_scores(metrics.normalise(embeddings.numpy()), rows)
-    return float(np.mean(metrics.matching_correct(scores)))
+    keys = voices + faces
+    ids = key_labels(keys, read_split(cfg.dataset.list_dir, VALIDATION_LIST.split))
+    features = Features(dict(zip(keys, range(len(keys)))), embeddings.numpy(), ids)
+    return evaluate_list(VALIDATION_LIST, path, features, bootstrap=0, seed=cfg.seed).value

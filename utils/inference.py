@@ -63,7 +63,7 @@ class VoiceFaceMatcher:
 
         if isinstance(cfg, str):
             cfg = load_config(cfg, list(opts))
-        model = build_model(cfg.models)
+        model = build_model(cfg.models, cfg.dataset.sample_rate)
         load_checkpoint(model, checkpoint)
         return cls(model, cfg, device_of(device or cfg.device), detect_faces)
 

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from data.lists import list_path
+from data.lists import ListSpec, list_path, list_specs
 from data.provenance import file_digest
 from utils import metrics
 from utils.features import Features
 from utils.files import atomic_write
 
-DIRECTIONS = (("v2f", "voice→face"), ("f2v", "face→voice"))
+DIRECTION_NAMES = {"v2f": "voice→face", "f2v": "face→voice"}
 # (task, gender-constrained, column header) in the paper's order.
 COLUMNS = (
     ("matching", False, "1:2 matching U"),
@@ -26,43 +26,11 @@ COLUMNS = (
 )
 
 
-@dataclass(frozen=True)
-class ListSpec:
-    """One list file and where its value goes in the table."""
-
-    task: str  # matching | verification | retrieval
-    direction: str  # v2f | f2v
-    gender: bool  # negatives of the same gender (the G lists)
-    split: str
-    candidates: int = 2  # N of a 1:N matching list
-
-    @property
-    def name(self) -> str:
-        g = "g_" if self.gender else ""
-        if self.task == "matching":
-            return f"match_{g}{self.direction}_{self.candidates}_{self.split}"
-        if self.task == "verification":
-            return f"verify_{g}{self.direction}_{self.split}"
-        return f"reterival_{self.direction}_{self.split}"  # the released spelling
-
-    @property
-    def columns(self) -> int | None:
-        """Paths per line: the query and its candidates (None for retrieval: two lines)."""
-        return {"matching": self.candidates + 1, "verification": 2}.get(self.task)
-
-    def read_keys(self, path: str) -> np.ndarray | list[np.ndarray]:
-        """The list's keys as evaluation reads them: a (lines, columns) table, or [queries, gallery]."""
-        if self.task == "retrieval":
-            return list(metrics.read_retrieval_keys(path))
-        return metrics.read_key_table(path, self.columns, self.columns)
-
-
 def evaluation_lists(split: str, match_n: list[int] = (2,), list_dir: str | None = None) -> list[ListSpec]:
-    """The ten lists of the table, plus the 1:N matching lists (N ≠ 2) present in list_dir."""
-    table = [ListSpec(task, direction, gender, split) for direction, _ in DIRECTIONS for task, gender, _ in COLUMNS]
-    extra = [ListSpec("matching", direction, gender, split, n) for n in match_n if n != 2
-             for direction, _ in DIRECTIONS for gender in (False, True)]
-    return table + [t for t in extra if list_dir is None or os.path.isfile(list_path(list_dir, t.name))]
+    """The ten lists of the table in its order, plus the 1:N matching lists (N ≠ 2 of match_n) present in list_dir."""
+    table = [ListSpec(task, direction, gender, split) for direction in DIRECTION_NAMES for task, gender, _ in COLUMNS]
+    return table + [spec for spec in list_specs(split, match_n) if spec.task == "matching" and spec.candidates != 2
+                    and (list_dir is None or os.path.isfile(list_path(list_dir, spec.name)))]
 
 
 @dataclass
@@ -140,7 +108,7 @@ def format_table(results: list[Result], label: str) -> str:
     by_key = {(r.spec.task, r.spec.direction, r.spec.gender): r
               for r in results if r.spec.candidates == 2}
     lines = [TABLE_HEADER]
-    for direction, row_name in DIRECTIONS:
+    for direction, row_name in DIRECTION_NAMES.items():
         cells = [_cell(by_key.get((task, direction, gender))) for task, gender, _ in COLUMNS]
         lines.append(f"| {label} | {row_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
