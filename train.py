@@ -149,13 +149,6 @@ class FiniteWatch:
                             "stopping without saving this state")
 
 
-def check_finite(terms: dict[str, torch.Tensor], iteration: int) -> None:
-    """Stop on NaN/inf, naming the iteration and the offending loss terms."""
-    watch = FiniteWatch()
-    watch.update(terms, iteration)
-    watch.check()
-
-
 class Interrupted(Exception):
     """SIGINT/SIGTERM: the last finished iteration is saved; the message says how to continue."""
 

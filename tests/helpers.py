@@ -3,7 +3,9 @@ import importlib.util
 import os
 import sys
 
-from utils.config import load_config
+import yaml
+
+from utils.config import config_to_dict, load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")  # reference values, copied from the release's outputs
@@ -49,3 +51,9 @@ def test_script():
         sys.modules["test_script"] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(sys.modules["test_script"])
     return sys.modules["test_script"]
+
+
+def save_config(cfg, path: str) -> None:
+    """A resolved config as a YAML file (what a test hands to an entry point)."""
+    with open(path, "w") as f:
+        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)

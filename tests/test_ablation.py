@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from helpers import ROOT
+from helpers import ROOT, save_config
 from losses.total import total_loss
-from utils.config import ConfigError, load_config, save_config
+from utils.config import ConfigError, load_config
 
 ABLATION = os.path.join(ROOT, "config", "ablation")
 ARMS = {"aasm": dict(bcr_enabled=False, weighted_enabled=False, objective="aasm"), "aasm_bcr": dict(weighted_enabled=False, bcr_enabled=True),

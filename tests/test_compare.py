@@ -9,10 +9,9 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from helpers import ROOT
+from helpers import ROOT, save_config
 from utils import metrics
 from utils.compare import CompareError, ListOutcomes, paired_difference, seed_runs, statistic
-from utils.config import save_config
 from utils.protocol import ListSpec
 
 

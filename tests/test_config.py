@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from utils.config import ConfigError, load_config, save_config
+from utils.config import ConfigError, load_config
+from helpers import save_config
 
 
 def write(tmp_path, tree):

@@ -7,8 +7,7 @@ import time
 
 import torch
 
-from helpers import ROOT
-from utils.config import save_config
+from helpers import ROOT, save_config
 
 MAX_ITER = 24
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",

@@ -6,8 +6,7 @@ import sys
 import pytest
 import torch
 
-from helpers import ROOT, tiny_config
-from utils.config import save_config
+from helpers import ROOT, tiny_config, save_config
 
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
         "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]", "dataset.image_size=32",

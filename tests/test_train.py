@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from utils.config import load_config
-from train import NonFiniteLoss, check_finite, learning_rate, plateaued
+from train import FiniteWatch, NonFiniteLoss, learning_rate, plateaued
 from losses import should_refresh
 
 
@@ -53,3 +53,9 @@ def test_finite_watch_reports_the_first_bad_iteration_only_when_checked():
     watch.update({"loss": torch.tensor(float("nan")), "bcr_face": torch.tensor(float("inf"))}, 3)
     with pytest.raises(NonFiniteLoss, match=r"iteration 2: term\(s\) loss;"):
         watch.check()
+
+
+def check_finite(terms: dict, iteration: int) -> None:
+    watch = FiniteWatch()
+    watch.update(terms, iteration)
+    watch.check()

@@ -11,8 +11,7 @@ import soundfile
 from data.lists import unlistable_reason
 from data.prepare import prepare
 from data.splits import SplitError, read_meta
-from helpers import ROOT, tiny_config, test_script
-from utils.config import save_config
+from helpers import ROOT, tiny_config, test_script, save_config
 from utils.errors import UserError
 from utils.metrics import ListError, read_key_table, read_retrieval_keys
 

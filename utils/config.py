@@ -351,11 +351,6 @@ def config_to_dict(cfg: EasyDict) -> dict:
             for k, v in cfg.items()}
 
 
-def save_config(cfg: EasyDict, path: str) -> None:
-    with open(path, "w") as f:
-        yaml.safe_dump(config_to_dict(cfg), f, sort_keys=False)
-
-
 def run_dir(cfg: EasyDict) -> str:
     """Folder of a run: checkpoints, logs, tensorboard events, results."""
     return os.path.join(cfg.output_dir, cfg.exp_name)
