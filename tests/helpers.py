@@ -44,7 +44,7 @@ def short_run_opts(root: str, output_dir: str) -> list[str]:
             "training.save_iter=200", "testing.bootstrap=50"]
 
 
-def test_script():
+def load_test_script():
     """test.py as a module, loaded by path (`test` is also the standard library's regression-test package)."""
     if "test_script" not in sys.modules:
         spec = importlib.util.spec_from_file_location("test_script", os.path.join(ROOT, "test.py"))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from helpers import ROOT, test_script
+from helpers import ROOT, load_test_script
 from utils.config import load_config
 
 README = os.path.join(ROOT, "README.md")
@@ -39,7 +39,7 @@ def script_parser(argv: list[str]):
 
         return train.build_parser(), argv[argv.index("train.py") + 1:]
     if argv[:2] == ["python", "test.py"]:
-        return test_script().build_parser(), argv[2:]
+        return load_test_script().build_parser(), argv[2:]
     if argv[:3] == ["python", "-m", "data.prepare"]:
         from data import prepare
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import DATA, ROOT, test_script
+from helpers import DATA, ROOT, load_test_script
 from utils import metrics
 from utils.config import load_config
 from utils.features import FeaturesError, as_arrays, save_features_file
@@ -21,7 +21,7 @@ CASE = os.path.join(DATA, "metric_case")
 REFERENCE = os.path.join(CASE, "embeddings.pt")
 CONFIG = os.path.join(ROOT, "config", "synthetic.yaml")
 
-script = test_script()
+script = load_test_script()
 
 # Table cell -> the list whose value it must show (the paper's layout, spelled out independently).
 CELLS = {

@@ -20,10 +20,10 @@ from data.datasets import clip_samples, eval_voice
 from data.face_crop import MARGIN, crop_face, detect_face
 from data.lmdb_store import BadInput
 from data.user_files import read_face, read_voice
-from helpers import ROOT, SYNTHETIC, tiny_opts, test_script
+from helpers import ROOT, SYNTHETIC, tiny_opts, load_test_script
 from utils.inference import Skipped, UnusableFile, VoiceFaceMatcher
 
-script = test_script()
+script = load_test_script()
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(importlib.util.find_spec("skimage").origin), "data")
 

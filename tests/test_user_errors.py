@@ -11,11 +11,11 @@ import soundfile
 from data.lists import unlistable_reason
 from data.prepare import prepare
 from data.splits import SplitError, read_meta
-from helpers import ROOT, tiny_config, test_script, save_config
+from helpers import ROOT, tiny_config, load_test_script, save_config
 from utils.errors import UserError
 from utils.metrics import ListError, read_key_table, read_retrieval_keys
 
-script = test_script()
+script = load_test_script()
 
 
 def run(module_or_script: list[str], cfg, tmp_path) -> subprocess.CompletedProcess:
