@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
 from data.sampler import IdentityBatchSampler
-from data.splits import Identity, key_labels, read_split, select_keys
+from data.splits import Identity, IdentityFiles, read_split, select_keys
 
 BORDER = 127  # value of the canvas around rotated faces and of crop padding
 MAX_ANGLE = 15  # rotation angles are integers in [-15, 14]
@@ -91,10 +91,7 @@ def pick_two(count: int, recent: np.ndarray, rng: np.random.Generator) -> tuple[
 
 def group_keys(keys: list[str], identities: list[Identity]) -> list[np.ndarray]:
     """Sorted store keys of each identity (keys of other identities are ignored)."""
-    keys = np.sort(select_keys(keys, identities))
-    owners = key_labels(keys, identities)
-    order = np.argsort(owners, kind="stable")
-    return np.split(keys[order], np.cumsum(np.bincount(owners, minlength=len(identities)))[:-1])
+    return IdentityFiles(select_keys(keys, identities), identities).of_each()
 
 
 class TrainDataset(Dataset):

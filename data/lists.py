@@ -18,7 +18,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from data.lmdb_store import MissingKeyError
-from data.splits import Identity, key_labels
+from data.splits import Identity, IdentityFiles
 from utils.files import atomic_write
 from utils.metrics import ListError, read_key_table, read_retrieval_keys
 
@@ -89,23 +89,6 @@ def unlistable_reason(key: str) -> str | None:
 # ---------------------------------------------------------------------------
 # Generation
 # ---------------------------------------------------------------------------
-class _Files:
-    """The files of one modality grouped by identity: keys sorted, and each identity's slice."""
-
-    def __init__(self, keys: Sequence[str], identities: list[Identity]):
-        keys = np.sort(np.asarray(keys, dtype=str))
-        owners = key_labels(keys, identities)
-        order = np.argsort(owners, kind="stable")
-        self.keys, self.owners = keys[order], owners[order]
-        self.counts = np.bincount(self.owners, minlength=len(identities))
-        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
-
-    def draw(self, rng: np.random.Generator, owners: np.ndarray) -> np.ndarray:
-        """A uniformly random key of each given identity."""
-        pick = self.starts[owners] + (rng.random(len(owners)) * self.counts[owners]).astype(np.int64)
-        return self.keys[pick]
-
-
 def _draw_others(rng: np.random.Generator, owners: np.ndarray, pool_of: np.ndarray, eligible: np.ndarray,
                  k: int, name: str) -> np.ndarray:
     """(rows, k) distinct identities per row, none the row's owner, each from the owner's pool.
@@ -147,7 +130,7 @@ def make_list(spec: ListSpec, identities: list[Identity], voice_keys: Sequence[s
     """The text of the list `spec` names over these identities and files."""
     name = spec.name
     rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    files = {"voice": _Files(voice_keys, identities), "face": _Files(face_keys, identities)}
+    files = {"voice": IdentityFiles(voice_keys, identities), "face": IdentityFiles(face_keys, identities)}
     queries, gallery = (files[modality] for modality in DIRECTIONS[spec.direction])
     if spec.task == "retrieval":
         return " ".join(queries.keys.tolist()) + "\n" + " ".join(gallery.keys.tolist()) + "\n"

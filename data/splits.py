@@ -171,6 +171,28 @@ def key_labels(keys: Iterable[str], identities: list[Identity]) -> np.ndarray:
     return owners[at].astype(np.int64)
 
 
+class IdentityFiles:
+    """Keys grouped by identity: sorted within each identity, `owners` their identity index, and each identity's
+    slice `starts[k]:starts[k] + counts[k]`."""
+
+    def __init__(self, keys: Iterable[str], identities: list[Identity]):
+        keys = np.sort(np.asarray(list(keys) if not isinstance(keys, np.ndarray) else keys, dtype=str))
+        owners = key_labels(keys, identities)
+        order = np.argsort(owners, kind="stable")
+        self.keys, self.owners = keys[order], owners[order]
+        self.counts = np.bincount(self.owners, minlength=len(identities))
+        self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]])
+
+    def of_each(self) -> list[np.ndarray]:
+        """The keys of each identity, in identity order."""
+        return np.split(self.keys, self.starts[1:])
+
+    def draw(self, rng: np.random.Generator, owners: np.ndarray) -> np.ndarray:
+        """A uniformly random key of each given identity."""
+        pick = self.starts[owners] + (rng.random(len(owners)) * self.counts[owners]).astype(np.int64)
+        return self.keys[pick]
+
+
 def select_keys(keys: Iterable[str], identities: list[Identity]) -> np.ndarray:
     """The keys that belong to one of `identities` (first path part = its vox_id or vgg_id)."""
     keys = np.asarray(list(keys) if not isinstance(keys, np.ndarray) else keys, dtype=str)
