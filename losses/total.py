@@ -38,7 +38,7 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
     """L = mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) + [t ≥ regauge_iter]·λ·Σ_pairs Z(b ⊙ w_y).
 
     Embeddings are B×D, row i of all four from one training identity, whose IE weight w_{y_i} is
-    `identity_weights[i]` (any float dtype; the math runs in float32 with autocast off). Pure: the
+    `identity_weights[i]` (any float dtype; the math runs in float32, float64 for float64 input, autocast off). Pure: the
     caller refreshes and accumulates the equilibrium. Terms: aasm_<pair>, bcr_<pair> (row means, pair
     in PAIRS), regauge (the BCR sum before ×regauge_weight, also before regauge_iter) and
     rank_accuracy (the cross pair's k_i/(B − 1), averaged). `bcr_enabled: false` leaves AaSM alone;
@@ -48,11 +48,13 @@ def total_loss(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, 
     if cfg.objective == "infonce":
         return infonce_loss(face, face_aux, voice, voice_aux, cfg.infonce_temp)
     with torch.autocast(device_type=face.device.type, enabled=False):
-        embeddings = torch.stack([face, face_aux, voice, voice_aux]).float()
+        # float32 at least (half precision in, float32 math), float64 kept: the tests check exactness in it
+        embeddings = torch.stack([face, face_aux, voice, voice_aux])
+        embeddings = embeddings.to(torch.promote_types(embeddings.dtype, torch.float32))
         terms_of = row_terms(cfg.loss_impl, embeddings.shape[1])
         aasm, bcr, correct = terms_of(embeddings, PAIR_INDICES, cross=CROSS, temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l,
                                       hinge=cfg.H)
-        loss, regauge = reference.iteration_loss(aasm, bcr, identity_weights.float(), iteration, cfg)
+        loss, regauge = reference.iteration_loss(aasm, bcr, identity_weights.to(embeddings.dtype), iteration, cfg)
 
     aasm_means, bcr_means = aasm.detach().mean(dim=-1), bcr.detach().mean(dim=-1)
     terms = {f"aasm_{name}": aasm_means[k] for k, name in enumerate(PAIRS)}

@@ -23,4 +23,4 @@ class ProjectionHead(nn.Sequential):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         hidden = self.relu(self.hidden(features))
         with torch.autocast(hidden.device.type, enabled=False):
-            return self.output(hidden.float())
+            return self.output(hidden.to(self.output.weight.dtype))  # the layer's own precision: float32 or float64

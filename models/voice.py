@@ -29,7 +29,8 @@ class LogMelFrontEnd(nn.Module):
     def forward(self, waves: torch.Tensor) -> torch.Tensor:
         # Fixed features: no gradient, and float32 even under autocast (log of tiny powers).
         with torch.autocast(device_type=waves.device.type, enabled=False):
-            return self.instance_norm((self.mel(waves.float()) + 1e-6).log())
+            waves = waves.to(torch.promote_types(waves.dtype, torch.float32))  # float64 stays float64
+            return self.instance_norm((self.mel(waves) + 1e-6).log())
 
 
 class SEBasicBlock(nn.Module):
