@@ -26,7 +26,7 @@ from tqdm import tqdm
 from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
 from losses import InstanceEquilibrium, should_refresh, total_loss
-from losses.diagnostics import TrainingDiagnostics
+from losses.diagnostics import TrainingDiagnostics, weight_summary
 from models import build_model
 from models.pair_encoder import PairEncoder
 from utils import distributed
@@ -323,8 +323,8 @@ def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed
 
 def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:
     weights = equilibrium.identity_weights
-    low, middle, high = weights.min().item(), weights.median().item(), weights.max().item()
-    log.info("iteration %d: IE weights refreshed: min %.4g, median %.4g, max %.4g", iteration, low, middle, high)
+    summary = ", ".join(f"{name.split('/')[-1]} {float(value):.4g}" for name, value in weight_summary(weights).items())
+    log.info("iteration %d: IE weights refreshed: %s", iteration, summary)
     if writer is not None:
         writer.add_histogram("equilibrium/weights", weights.cpu().numpy(), iteration)
 
