@@ -80,8 +80,10 @@ class TrainingDiagnostics:
     def __init__(self, encoders: torch.nn.Module, cfg_training: EasyDict, writer):
         self.cfg, self.writer = cfg_training, writer
         self.embeddings: tuple[torch.Tensor, ...] | None = None
-        self.sums: dict[str, dict[str, float]] = {"before BCR": {}, "with BCR": {}}
-        self.counts = {"before BCR": 0, "with BCR": 0}
+        # Named by iteration, not by whether BCR is applied: AaSM alone (bcr_enabled false) logs both phases too.
+        self.phases = (f"iterations < {cfg_training.regauge_iter}", f"iterations >= {cfg_training.regauge_iter}")
+        self.sums: dict[str, dict[str, float]] = {phase: {} for phase in self.phases}
+        self.counts = dict.fromkeys(self.phases, 0)
         self.last_weights: dict[str, float] = {}
         encoders.register_forward_hook(self.capture)
 
@@ -91,7 +93,7 @@ class TrainingDiagnostics:
     def record(self, iteration: int, identity_weights: torch.Tensor) -> None:
         """Diagnostics of the last forward's batch, whose rows have these IE weights."""
         values = {k: float(v) for k, v in loss_diagnostics(*self.embeddings, identity_weights, self.cfg).items()}
-        phase = "with BCR" if iteration >= self.cfg.regauge_iter else "before BCR"
+        phase = self.phases[iteration >= self.cfg.regauge_iter]
         self.counts[phase] += 1
         for name, value in values.items():
             self.writer.add_scalar(f"diagnostics/{name}", value, iteration)

@@ -97,4 +97,4 @@ def test_training_diagnostics_capture_the_forward_and_summarise_both_phases():
     names = {name for name, _, _ in writer.scalars}
     assert {"diagnostics/bcr_share/loss", "diagnostics/loose_pairs/cross", "diagnostics/ie_weights/max"} <= names
     summary = diagnostics.summary()
-    assert "before BCR (1 batches)" in summary and "with BCR (2 batches)" in summary and "ie_weights/max 3" in summary
+    assert "iterations < 10 (1 batches)" in summary and "iterations >= 10 (2 batches)" in summary and "ie_weights/max 3" in summary
