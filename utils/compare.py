@@ -214,7 +214,7 @@ def compare(cfg, runs: list[str], output: str | None, features_of: Callable) -> 
 
         with atomic_write(output) as f:
             json.dump(result, f, indent=1)
-        figure = plots.seed_values(result, ordered_lists(list(result["methods"][0]["lists"]), split),
-                                   os.path.splitext(output)[0] + ".png")
+        figure = plots.comparison_figure(result, ordered_lists(list(result["methods"][0]["lists"]), split),
+                                         os.path.splitext(output)[0] + ".png")
         print(f"written: {output}, {figure}")
     return result

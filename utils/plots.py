@@ -96,24 +96,45 @@ def match_figure(query: tuple[str, np.ndarray], modality: str, candidates: list[
     return path
 
 
-def seed_values(comparison: dict, names: list[str], path: str) -> str:
-    """Each method's value of every seed (dots) and their mean (bar) per list, in %, saved as PNG at `path`."""
-    methods = comparison["methods"]
-    figure, axes = plt.subplots(figsize=(max(6.0, 1.1 * len(names) * max(1, len(methods)) ** 0.5), 4))
-    width = 0.8 / len(methods)
-    for k, method in enumerate(methods):
-        x = np.arange(len(names)) - 0.4 + width * (k + 0.5)
-        means = [100 * method["lists"][name]["mean"] for name in names]
-        bars = axes.bar(x, means, width=width * 0.9, alpha=0.35, label=method["run"])
+def comparison_figure(comparison: dict, names: list[str], path: str) -> str:
+    """Per list, in %: each method's value of every seed (dots) and their mean (bar); below, each method's
+    paired difference against the baseline with its 95% interval. Saved as PNG at `path`."""
+    methods, differences = comparison["methods"], comparison["differences"]
+    width = max(6.0, 1.1 * len(names) * max(1, len(methods)) ** 0.5)
+    figure, panels = plt.subplots(2 if differences else 1, 1, figsize=(width, 7 if differences else 4),
+                                  sharex=True, squeeze=False)
+    values_axes = panels[0, 0]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    step = 0.8 / len(methods)
+    offsets = {m["run"]: np.arange(len(names)) - 0.4 + step * (k + 0.5) for k, m in enumerate(methods)}
+    color_of = {m["run"]: colors[k % len(colors)] for k, m in enumerate(methods)}
+    for method in methods:
+        x, color = offsets[method["run"]], color_of[method["run"]]
+        values_axes.bar(x, [100 * method["lists"][n]["mean"] for n in names], width=step * 0.9, alpha=0.35,
+                        color=color, label=method["run"])
         for position, name in zip(x, names):
             values = 100 * np.asarray(method["lists"][name]["values"])
-            axes.plot(np.full(len(values), position), values, "o", markersize=3, color=bars.patches[0].get_facecolor(),
-                      alpha=1.0)
+            values_axes.plot(np.full(len(values), position), values, "o", markersize=3, color=color)
     low = min(100 * min(m["lists"][n]["values"]) for m in methods for n in names)
-    axes.set(xticks=np.arange(len(names)), ylabel="value (%)", ylim=(max(0.0, low - 5), 100),
-             title="Per-seed values (dots) and their mean (bars)")
+    values_axes.set(ylabel="value (%)", ylim=(max(0.0, low - 5), 100),
+                    title="Per-seed values (dots) and their mean (bars)")
+    values_axes.legend(fontsize="small")
+    axes = values_axes
+    if differences:
+        axes = panels[1, 0]
+        axes.axhline(0.0, color="black", linewidth=0.8)
+        for d in differences:
+            entries = [d["lists"][n] for n in names]
+            centre = np.array([100 * e["difference"] for e in entries])
+            low_high = np.array([[100 * e["ci95"][0], 100 * e["ci95"][1]] for e in entries])
+            axes.errorbar(offsets[d["run"]], centre, yerr=[centre - low_high[:, 0], low_high[:, 1] - centre],
+                          fmt="o", markersize=4, capsize=3, color=color_of[d["run"]],
+                          label=f"{d['run']} − {d['baseline']}")
+        axes.set(ylabel="difference (points)", title="Paired difference against the baseline, 95% interval")
+        axes.legend(fontsize="small")
+    axes.set_xticks(np.arange(len(names)))
     axes.set_xticklabels(names, rotation=35, ha="right", fontsize="small")
-    axes.legend(fontsize="small")
+    figure.tight_layout()
     figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
     return path
