@@ -36,10 +36,11 @@ from data.lists import DIRECTIONS, ListSpec, check_keys, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE
 from data.provenance import file_digest, store_summary
 from utils import metrics, try_files
-from utils.config import OPTS_HELP, config_to_dict, load_config, run_dir
-from utils.distributed import device_of
+from utils.config import OPTS_HELP, config_to_dict, load_config, require, run_dir
+from utils.distributed import check_device, device_of
 from utils.errors import UserError
-from utils.features import Features, as_arrays, load_features_file, save_features_file
+from utils.features import (Features, FeaturesError, as_arrays, check_embeddings, load_features_file,
+                            save_features_file)
 from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 
@@ -75,7 +76,11 @@ def reusable_cache(path: str, source: dict, keys: set[str]) -> Features | None:
     """The cached features if they were made by `source` and cover `keys`; otherwise None, saying why."""
     if not os.path.isfile(path):
         return None
-    data = load_features_file(path)
+    try:
+        data = load_features_file(path)
+    except FeaturesError as e:  # never trusted, never unpickled: replaced by the features extracted now
+        print(f"not reusing {e}; extracting again")
+        return None
     old = data.get("source")
     changed = sorted(k for k in source if k != "checkpoint" and old and old.get(k) != source[k])
     if not old:
@@ -162,6 +167,7 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     model.to(device).eval()
     stored = store_keys(cfg, files)  # the lists' keys, or their other name form where the store has that
     embeddings = torch.cat([embed(model, cfg, stored[m], m, device) for m in ("voice", "face")])
+    check_embeddings(keys, embeddings.numpy(), f"the model of {checkpoint}")
     save_features_file(path, keys, embeddings, ids, genders, source)
     print(f"features of {len(keys)} files saved to {path}")
     return Features(dict(zip(keys, range(len(keys)))), embeddings.numpy(), np.array(ids, np.int64), source)
@@ -169,6 +175,7 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
 
 def model_features(cfg, lists: list[ListSpec], checkpoint: str) -> Features:
     """The embeddings of the checkpoint's model: the cache when it is the same model's, else extracted."""
+    require(cfg, "dataset.lmdb_dir")
     path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.pt")
     source = provenance(cfg, checkpoint)
     keys = read_lists(cfg.dataset.list_dir, lists)
@@ -208,17 +215,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def result_path_of(cfg) -> str:
+    return cfg.testing.result_path or os.path.join(run_dir(cfg), f"results_{cfg.testing.split}.txt")
+
+
+def check_outputs(args: argparse.Namespace, cfg) -> None:
+    """Before any work: no output is one of the inputs (it would be overwritten), and each output's folder exists
+    or can be made."""
+    named = [args.cfg, args.features, args.voice, args.face, args.pairs, *(args.faces or []), *(args.voices or []),
+             cfg.testing.checkpoint]
+    lists = [list_path(cfg.dataset.list_dir, t.name)
+             for t in evaluation_lists(cfg.testing.split, cfg.dataset.match_n, cfg.dataset.list_dir)]
+    inputs = {os.path.realpath(p): p for p in named + lists if p}
+    stem = os.path.splitext(result_path_of(cfg))[0]
+    results = [("testing.result_path", stem + suffix) for suffix in (".txt", ".json", "_roc.png", "_scores.png")]
+    outputs = [("--output", args.output), ("--plot", args.plot), *([] if args.compare else results)]
+    for option, path in outputs:
+        if not path:
+            continue
+        if os.path.realpath(path) in inputs:
+            raise UserError(f"{option} {path}: is an input of this run ({inputs[os.path.realpath(path)]}) "
+                            "and would be overwritten; name another file")
+        folder = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(folder):
+            folder = os.path.dirname(folder)
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise UserError(f"{option} {path}: cannot be written: {folder} is not a writable folder")
+
+
 def main(argv: list[str] | None = None) -> list[Result] | dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     cfg = load_config(args.cfg, args.opts)
+    if not args.features:
+        check_device(cfg.device)
+    check_outputs(args, cfg)
     if args.compare:
         from utils.compare import compare
 
-        return compare(cfg, args.compare, args.output, lambda c, lists: model_features(c, lists, checkpoint_of(c)))
+        return compare(cfg, args.compare, args.output, lambda c, lists: model_features(c, lists, checkpoint_of(c)),
+                       args.cfg)
     if try_files.requested(args, parser):
         try_files.run(args, cfg, checkpoint_of(cfg))
         return []
+    require(cfg, "dataset.list_dir")
     split = cfg.testing.split
     checkpoint = None if args.features else checkpoint_of(cfg)
     lists = evaluation_lists(split, cfg.dataset.match_n, cfg.dataset.list_dir)
@@ -236,7 +276,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
     results = evaluate(features, cfg.dataset.list_dir, lists, cfg.testing.bootstrap, cfg.testing.ci_seed)
     table = format_table(results, f"{cfg.exp_name}, {split} split")
     print(table)
-    result_path = cfg.testing.result_path or os.path.join(run_dir(cfg), f"results_{split}.txt")
+    result_path = result_path_of(cfg)
     written = write_outputs(results, table, result_path, features.source, cfg)
     print("written: " + ", ".join(written))
     return results

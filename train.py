@@ -31,7 +31,7 @@ from models import build_model
 from models.pair_encoder import PairEncoder
 from utils import distributed
 from utils.checkpoint import load_pretrained_face, load_pretrained_voice, prune_checkpoints
-from utils.config import DEFAULTS, OPTS_HELP, ConfigError, load_config, run_dir
+from utils.config import DEFAULTS, OPTS_HELP, ConfigError, load_config, require, run_dir
 from utils.errors import CheckpointError, UserError
 from utils.evaluation import validate
 from utils.files import remove_stale_temporaries
@@ -242,6 +242,7 @@ def prepare_data(cfg, ctx: distributed.Context) -> None:
     if ctx.enabled:  # preparing takes long; the other processes would time out waiting
         raise UserError("the data is not prepared: run `python -m data.prepare --cfg <config>` once, "
                         "then start torchrun again")
+    require(cfg, "dataset.meta_file", "dataset.audio_data_dir", "dataset.image_data_dir")
     log.info("data not prepared yet: running data.prepare")
     prepare(cfg)
 
@@ -516,6 +517,8 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         cfg = load_config(args.cfg, args.opts)
+        require(cfg, "dataset.list_dir", "dataset.lmdb_dir")
+        distributed.check_device(cfg.device)
         for seed_cfg in seed_configs(cfg, args.seeds):
             train(seed_cfg, resume=args.resume, overridden=override_keys(args.opts))
     except Interrupted as e:

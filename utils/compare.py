@@ -26,6 +26,7 @@ from utils.files import atomic_write
 from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
+SPLIT_KEYS = ("split_ranges", "split_file")  # the dataset keys that decide which identities each split holds
 REPLICATE_CELLS = 1 << 22  # replicates × lines per chunk of the bootstrap (bounds its memory)
 
 
@@ -99,8 +100,21 @@ def evaluate_run(folder: str, cfg, lists: list[ListSpec], features_of: Callable)
     return results
 
 
-def collect_method(run: str, cfg, lists: list[ListSpec], features_of: Callable) -> Method:
-    runs = seed_runs(run)
+def check_same_split(runs: dict[str, dict[int, str]], cfg, cfg_path: str) -> None:
+    """Every run was trained on the split of `cfg` (the one its lists test): else its test identities may have
+    been its training identities, or the split sizes differ; refused naming the run and what differs."""
+    expected = {key: cfg.dataset[key] for key in SPLIT_KEYS}
+    for folders in runs.values():
+        for folder in folders.values():
+            own = load_config(os.path.join(folder, "config.yaml")).dataset
+            changed = [key for key in SPLIT_KEYS if own[key] != expected[key]]
+            if changed:
+                key = changed[0]
+                raise CompareError(f"--compare {folder}: trained on another split than --cfg {cfg_path}: "
+                                   f"dataset.{key} is {own[key]} there, {expected[key]} here")
+
+
+def collect_method(run: str, runs: dict[int, str], cfg, lists: list[ListSpec], features_of: Callable) -> Method:
     per_seed = [evaluate_run(folder, cfg, lists, features_of) for folder in runs.values()]
     outcomes = {}
     for k, spec in enumerate(lists):
@@ -198,15 +212,17 @@ def format_comparison(result: dict, split: str) -> str:
     return "\n".join(lines)
 
 
-def compare(cfg, runs: list[str], output: str | None, features_of: Callable) -> dict:
+def compare(cfg, runs: list[str], output: str | None, features_of: Callable, cfg_path: str = "") -> dict:
     """Evaluate (where needed) and compare `runs`, the first the baseline; print the table, write JSON + plot."""
+    folders = {run: seed_runs(run) for run in runs}  # every RUN checked before the first is evaluated
+    check_same_split(folders, cfg, cfg_path)
     split = cfg.testing.split
     lists = evaluation_lists(split, cfg.dataset.match_n, cfg.dataset.list_dir)
     missing = [list_path(cfg.dataset.list_dir, t.name) for t in lists
                if not os.path.isfile(list_path(cfg.dataset.list_dir, t.name))]
     if missing:
         raise metrics.ListError(f"list file not found: {missing[0]}; set dataset.list_dir in --cfg")
-    methods = [collect_method(run, cfg, lists, features_of) for run in runs]
+    methods = [collect_method(run, folders[run], cfg, lists, features_of) for run in runs]
     result = comparison(methods, cfg.testing.bootstrap, cfg.testing.ci_seed)
     print(format_comparison(result, split))
     if output:

@@ -12,6 +12,7 @@ import copy
 import difflib
 import math
 import os
+import re
 from typing import Any, Callable, Iterable
 
 import yaml
@@ -131,6 +132,13 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+SEED_LIMIT = 2**32  # numpy's legacy seeds (and the loaders' worker seeds) are 32-bit
+# The voice encoder's analysis window (n_fft of models/voice.py): a clip or crop shorter than it cannot be embedded.
+VOICE_WINDOW_SAMPLES = 512
+CONFIG_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config")
+MAX_BASE_DEPTH = 32
+
 CHOICES: dict[str, tuple] = {
     "training.amp": ("off", "bf16", "fp16"),
     "training.loss_impl": ("auto", "fused", "reference"),
@@ -157,11 +165,19 @@ def _increasing(value: list) -> bool:
     return all(a < b for a, b in zip(value, value[1:]))
 
 
+SEED_RULE = (lambda value: 0 <= value < SEED_LIMIT, f"at least 0 and at most {SEED_LIMIT - 1}")
+ID_RANGE_RULE = (lambda value: len(value) == 2 and all(value), "[first_id, last_id], two VoxCeleb IDs")
+
+
 # What the numbers of a config must satisfy beyond their type: (test, what the message says it must be).
 # NaN fails every test.
 RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": _at_least(0),  # numpy seeds are non-negative
-    "dataset.list_seed": _at_least(0),
+    "seed": SEED_RULE,
+    "device": (lambda value: DEVICE_PATTERN.fullmatch(value) is not None, "auto, cpu, cuda or cuda:N"),
+    "dataset.split_ranges.val": ID_RANGE_RULE,
+    "dataset.split_ranges.test": ID_RANGE_RULE,
+    "dataset.split_ranges.train": ID_RANGE_RULE,
+    "dataset.list_seed": SEED_RULE,
     "dataset.match_n": _at_least(2, " (a 1:N list has a positive and N - 1 negatives)"),
     "dataset.image_size": _at_least(1),
     "dataset.store_image_size": _at_least(1),
@@ -169,7 +185,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset.clip_seconds": (_above_zero, "above 0"),
     "dataset.num_workers": _at_least(0),
     "dataset.synthetic.identities": _at_least(1),
-    "dataset.synthetic.seed": _at_least(0),
+    "dataset.synthetic.seed": SEED_RULE,
     "models.embedding_dim": _at_least(1),
     "models.face.units": _at_least(1),
     "models.face.widths": _at_least(1),
@@ -201,7 +217,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.log_iter": _at_least(1),
     "testing.batch_size": _at_least(1),
     "testing.bootstrap": _at_least(1),
-    "testing.ci_seed": _at_least(0),
+    "testing.ci_seed": SEED_RULE,
+    "training.timeout_minutes": (_above_zero, "above 0"),
 }
 
 
@@ -268,13 +285,15 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     if expected is None:
         return value
     value = _check_type(key, value, expected, source)
-    if expected is list and default and isinstance(default[0], (int, float)):  # a list of numbers
+    if expected is list and default:  # a list of numbers or of strings, like its default
         value = [_check_type(f"{key}[{i}]", v, type(default[0]), source) for i, v in enumerate(value)]
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{source}: config key '{key}' must be one of {CHOICES[key]}, got {value!r}")
     test, rule = RULES.get(key, (None, ""))
     if test is not None and not test(value):
         raise ConfigError(f"{source}: config key '{key}' must be {rule}, got {value!r}")
+    if not all(math.isfinite(x) for x in _numbers(value) if isinstance(x, float)):
+        raise ConfigError(f"{source}: config key '{key}' expects finite numbers, got {value!r}")
     return value
 
 
@@ -292,35 +311,91 @@ def _merge(base: dict, update: dict, defaults: dict, source: str, prefix: str = 
             base[k] = _check_value(key, v, default, source)
 
 
-def _parse_opts(opts: Iterable[str]) -> dict:
+class _ConfigLoader(yaml.SafeLoader):
+    """YAML without aliases (a few bytes of nested aliases expand to gigabytes: the "billion laughs") and
+    without a key written twice in one mapping (YAML keeps the last one silently)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"aliases (*{event.anchor}) are not supported in configs: write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' written twice in one section (first on line {seen[key] + 1})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: where (line, column) and what."""
+    mark = getattr(error, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    problem = getattr(error, "problem", None) or str(error)
+    if "constructor for the tag" in problem:
+        problem += " (configs hold plain values: no !!python or other tags)"
+    return where + " ".join(problem.split())
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)
+
+
+def _parse_opt(opt: str) -> dict:
+    """One `key=value` override as a nested dict."""
+    if "=" not in opt:
+        raise ConfigError(f"--opts: expected key=value, got '{opt}'")
+    key, raw = opt.split("=", 1)
+    try:
+        value = _load_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--opts '{opt}': the value is not valid YAML: {_yaml_problem(e)}") from None
     tree: dict = {}
-    for opt in opts:
-        if "=" not in opt:
-            raise ConfigError(f"--opts: expected key=value, got '{opt}'")
-        key, raw = opt.split("=", 1)
-        node = tree
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
+    node = tree
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
     return tree
 
 
 def _read_yaml(path: str) -> dict:
     try:
-        with open(path) as f:
-            user = yaml.safe_load(f) or {}
+        with open(path, encoding="utf-8") as f:
+            user = _load_yaml(f) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text (UTF-8) file: byte {e.start} cannot be read") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read: {e.strerror or e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}, {_yaml_problem(e)}") from None
     if not isinstance(user, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys")
     return user
 
 
+def _inside(path: str, folder: str) -> bool:
+    return os.path.commonpath([os.path.realpath(path), os.path.realpath(folder)]) == os.path.realpath(folder)
+
+
 def config_chain(path: str, _children: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
-    """(file, keys) of a config and its `base:` ancestors, the farthest base first, `base` removed."""
+    """(file, keys) of a config and its `base:` ancestors, the farthest base first, `base` removed.
+
+    A base is a YAML file named relative to the file that names it; the project's own configs (config/)
+    have their bases in config/.
+    """
     user = _read_yaml(path)
     base = user.pop("base", None)
     if base is None:
@@ -329,20 +404,52 @@ def config_chain(path: str, _children: tuple[str, ...] = ()) -> list[tuple[str, 
         raise ConfigError(f"{path}: config key 'base' expects a path to a config file, got {base!r}")
     base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
     visited = (*_children, path)
+    chain = " -> ".join((*visited, base_path))
     if any(os.path.realpath(p) == os.path.realpath(base_path) for p in visited):
-        raise ConfigError(f"{path}: 'base' makes a cycle: {' -> '.join((*visited, base_path))}")
+        raise ConfigError(f"{path}: 'base' makes a cycle: {chain}")
+    if os.path.isabs(base) or os.path.splitext(base_path)[1] not in (".yaml", ".yml"):
+        raise ConfigError(f"{path}: 'base' must name a .yaml file relative to this file: {chain}")
+    if _inside(visited[0], CONFIG_FOLDER) and not _inside(base_path, CONFIG_FOLDER):
+        raise ConfigError(f"{path}: 'base' points outside {CONFIG_FOLDER}: {chain}")
+    if len(visited) >= MAX_BASE_DEPTH:
+        raise ConfigError(f"{path}: more than {MAX_BASE_DEPTH} configs in the 'base' chain: {chain}")
     if not os.path.isfile(base_path):
         raise ConfigError(f"{path}: base config not found: {base_path}")
     return config_chain(base_path, visited) + [(path, user)]
 
 
+def _check_relations(cfg: dict) -> None:
+    """Rules between keys, on the merged config."""
+    d, t = cfg["dataset"], cfg["training"]
+    rate = d["sample_rate"]
+    for key, seconds in (("dataset.clip_seconds", d["clip_seconds"]), ("training.crop_seconds", t["crop_seconds"][0])):
+        if seconds * rate < VOICE_WINDOW_SAMPLES:
+            raise ConfigError(f"config key '{key}' is {seconds} s, {int(seconds * rate)} samples at "
+                              f"dataset.sample_rate {rate}: the voice encoder needs at least {VOICE_WINDOW_SAMPLES}")
+    if t["crop_seconds"][1] > d["clip_seconds"]:
+        raise ConfigError(f"config key 'training.crop_seconds' {t['crop_seconds']} reaches beyond "
+                          f"dataset.clip_seconds {d['clip_seconds']} (the stored clips)")
+
+
 def load_config(path: str, opts: Iterable[str] = ()) -> EasyDict:
-    """Read a YAML config (over its `base:` chain), apply `key=value` overrides, validate, fill defaults."""
+    """Read a YAML config (over its `base:` chain), apply `key=value` overrides in order, validate, fill defaults."""
     cfg = copy.deepcopy(DEFAULTS)
     for source, user in config_chain(path):
         _merge(cfg, user, DEFAULTS, source)
-    _merge(cfg, _parse_opts(opts), DEFAULTS, "--opts")
+    for opt in opts:
+        _merge(cfg, _parse_opt(opt), DEFAULTS, "--opts")
+    _check_relations(cfg)
     return EasyDict(cfg)
+
+
+def require(cfg: EasyDict, *keys: str) -> None:
+    """Each config key (dotted) is set, not left empty: else a ConfigError naming the first that is not."""
+    for key in keys:
+        value: Any = cfg
+        for part in key.split("."):
+            value = value[part]
+        if value in ("", None):
+            raise ConfigError(f"config key '{key}' is not set: give it in the config file or as --opts {key}=...")
 
 
 def config_to_dict(cfg: EasyDict) -> dict:

@@ -42,6 +42,17 @@ def device_of(name: str, ctx: Context = Context()) -> torch.device:
     return torch.device(name)
 
 
+def check_device(name: str) -> None:
+    """The config's `device` exists on this machine: else a ConfigError naming the key (before any work)."""
+    if not name.startswith("cuda"):
+        return
+    count = torch.cuda.device_count()
+    index = int(name.split(":")[1]) if ":" in name else 0
+    if index >= count:
+        raise ConfigError(f"config key 'device' is {name!r}, but this machine has "
+                          f"{count or 'no'} CUDA device{'s' if count != 1 else ''}; use 'auto' or 'cpu'")
+
+
 def setup(device_name: str, timeout_minutes: float) -> Context:
     """Join the process group torchrun describes in the environment (if any).
 

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import functools
+import io
 import os
+import pickle
+import re
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -10,8 +13,8 @@ import numpy as np
 import torch
 
 from utils import metrics
-
 from utils.errors import UserError
+from utils.files import atomic_write
 
 
 class FeaturesError(UserError, ValueError):
@@ -33,15 +36,38 @@ class Features:
 
 
 def load_features_file(path: str) -> dict:
-    """A features file in the released format (plus our optional 'source' record)."""
+    """A features file in the released format (plus our optional 'source' record), read as tensors and plain
+    data only: a file holding code is refused unread."""
     if not os.path.isfile(path):
         raise FeaturesError(f"features file not found: {path}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except PermissionError as e:
+        raise FeaturesError(f"{path}: cannot read: {e.strerror}") from None
+    except Exception as e:  # torch's own message names neither the file nor a safe way on
+        code = re.search(r"GLOBAL (\S+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and code:
+            raise FeaturesError(f"{path}: refused: the file holds code (a pickled reference to {code.group(1)}); "
+                                "features files hold tensors and plain data only") from None
+        raise FeaturesError(f"{path}: truncated or corrupt, not a features file ({type(e).__name__})") from None
     missing = {"name2feat", "name2id", "name2gender"} - set(data if isinstance(data, dict) else ())
     if missing:
         raise FeaturesError(f"{path}: not a features file: it lacks {sorted(missing)} "
                             "(expected {'name2feat', 'name2id', 'name2gender'})")
     return data
+
+
+def check_embeddings(keys: list[str], embeddings: np.ndarray, where: str) -> None:
+    """A non-finite embedding is an error naming its file; embeddings all alike (all zero, say) make every score
+    tie, so the values would mean nothing: a warning."""
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise FeaturesError(f"{where}: the embedding of '{keys[bad[0]]}' is not finite (NaN or inf; "
+                            f"{len(bad)} of {len(keys)} files)")
+    if len(keys) > 1 and (embeddings == embeddings[0]).all():
+        print(f"warning: {where}: all {len(keys)} embeddings are the same vector"
+              f"{' (all zero)' if not embeddings[0].any() else ''}: every score ties, the results mean nothing")
 
 
 def as_arrays(data: dict, path: str) -> Features:
@@ -54,13 +80,16 @@ def as_arrays(data: dict, path: str) -> Features:
         raise FeaturesError(f"{path}: '{keys[int(np.argmax(ids < 0))]}' has an embedding but no identity in name2id")
     embeddings = torch.stack(list(map(torch.as_tensor, data["name2feat"].values()))).float().reshape(len(keys), -1)
     embeddings = embeddings.numpy()
+    check_embeddings(keys, embeddings, path)
     return Features(dict(zip(keys, range(len(keys)))), embeddings, ids, data.get("source", {}))
 
 
 def save_features_file(path: str, keys: list[str], embeddings: torch.Tensor, ids: list[int],
                        genders: list[str], source: dict) -> None:
-    """Released format; the rows stay views of one tensor, so the file loads fast."""
-    from utils.checkpoint import save_checkpoint  # atomic write
-
-    save_checkpoint({"name2feat": dict(zip(keys, embeddings.unbind(0))), "name2id": dict(zip(keys, ids)),
-                     "name2gender": dict(zip(keys, genders)), "source": source}, path)
+    """Released format; the rows stay views of one tensor, so the file loads fast. Serialised in memory first,
+    so that a full disk is a plain write error naming the path; written atomically (utils/files.py)."""
+    buffer = io.BytesIO()
+    torch.save({"name2feat": dict(zip(keys, embeddings.unbind(0))), "name2id": dict(zip(keys, ids)),
+                "name2gender": dict(zip(keys, genders)), "source": source}, buffer)
+    with atomic_write(path, "wb") as f:
+        f.write(buffer.getbuffer())

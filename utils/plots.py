@@ -10,9 +10,20 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from utils.files import atomic_write
 from utils.metrics import roc_auc, roc_curve
 
 MAX_CURVE_POINTS = 2000  # a ROC of 65k pairs drawn with every point is slow and looks the same
+
+
+def _save(figure, path: str, **options) -> str:
+    """The figure as PNG at `path`, written atomically: a failed write (full disk) is a WriteError naming it."""
+    try:
+        with atomic_write(path, "wb") as f:
+            figure.savefig(f, format="png", **options)
+    finally:
+        plt.close(figure)
+    return path
 
 
 def roc_curves(verification: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> str:
@@ -26,9 +37,7 @@ def roc_curves(verification: dict[str, tuple[np.ndarray, np.ndarray]], path: str
     axes.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1),
              title="Verification ROC")
     axes.legend(loc="lower right", fontsize="small")
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi=120, bbox_inches="tight")
 
 
 def score_histograms(verification: dict[str, tuple[np.ndarray, np.ndarray]], path: str) -> str:
@@ -42,9 +51,7 @@ def score_histograms(verification: dict[str, tuple[np.ndarray, np.ndarray]], pat
         axes.legend(fontsize="small")
     panels[0][0].set_ylabel("density")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi=100)
 
 
 BEST = "#1a9850"  # the frame of the best match
@@ -91,9 +98,7 @@ def match_figure(query: tuple[str, np.ndarray], modality: str, candidates: list[
             spine.set(visible=True, color=BEST if best else "0.7", linewidth=5 if best else 1)
     figure.suptitle(f"which {other} goes with this {modality}? cosine scores", fontsize="medium")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi=100)
 
 
 def comparison_figure(comparison: dict, names: list[str], path: str) -> str:
@@ -135,6 +140,4 @@ def comparison_figure(comparison: dict, names: list[str], path: str) -> str:
     axes.set_xticks(np.arange(len(names)))
     axes.set_xticklabels(names, rotation=35, ha="right", fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(figure)
-    return path
+    return _save(figure, path, dpi=120, bbox_inches="tight")
