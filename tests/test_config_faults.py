@@ -127,6 +127,13 @@ def test_opts_apply_in_order_and_an_empty_section_drops_nothing():
         load_config(SYNTHETIC, ["training=3"])
 
 
+def test_an_empty_or_missing_section_keeps_the_defaults(tmp_path):
+    cfg = load_config(write(tmp_path, "empty.yaml", "training:\n  # lr: 0.5\nmodels:\n  face:\n"))
+    assert cfg.training.lr == 0.01 and cfg.models.face.units == [3, 8, 36, 3] and cfg.testing.bootstrap == 1000
+    with pytest.raises(ConfigError, match=r"list.yaml: the top level must be a mapping"):
+        load_config(write(tmp_path, "list.yaml", "- training\n"))
+
+
 def test_project_configs_keep_their_bases_in_the_config_folder(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "CONFIG_FOLDER", str(tmp_path / "config"))
     (tmp_path / "config").mkdir()

@@ -304,6 +304,8 @@ def _merge(base: dict, update: dict, defaults: dict, source: str, prefix: str = 
             raise _unknown_key(key, source)
         default = defaults[k]
         if isinstance(default, dict) and key not in NULLABLE_TYPES:
+            if v is None:  # `training:` with every key commented out: nothing to change
+                continue
             if not isinstance(v, dict):
                 raise ConfigError(f"{source}: config key '{key}' is a section, got {v!r}")
             _merge(base[k], v, default, source, key + ".")
