@@ -13,7 +13,7 @@ import difflib
 import math
 import os
 import re
-from typing import Any, Callable, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import yaml
 from easydict import EasyDict
@@ -215,10 +215,10 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.keep_last": _at_least(0),
     "training.plateau_patience": _at_least(0),
     "training.log_iter": _at_least(1),
+    "training.timeout_minutes": (_above_zero, "above 0"),
     "testing.batch_size": _at_least(1),
     "testing.bootstrap": _at_least(1),
     "testing.ci_seed": SEED_RULE,
-    "training.timeout_minutes": (_above_zero, "above 0"),
 }
 
 
@@ -347,7 +347,7 @@ def _yaml_problem(error: yaml.YAMLError) -> str:
     return where + " ".join(problem.split())
 
 
-def _load_yaml(text: str) -> Any:
+def _load_yaml(text: str | IO[str]) -> Any:
     return yaml.load(text, Loader=_ConfigLoader)
 
 
