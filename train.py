@@ -307,15 +307,20 @@ def save(state: TrainState, path: str, cfg, ctx: distributed.Context, device: to
 
 
 def save_periodic(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device) -> str:
-    """checkpoint_<iteration>, then pruning of this run's older ones; another run's file of that name is kept
-    apart as checkpoint_<iteration>.<its run>.pth.tar first."""
+    """checkpoint_<iteration>, then pruning of this run's older ones."""
     path = os.path.join(folder, f"checkpoint_{state.iteration}.pth.tar")
-    if ctx.is_main and os.path.isfile(path) and checkpoint_run(path) != state.run_id:
-        set_aside(path, path.removesuffix(".pth.tar") + f".{checkpoint_run(path) or 'earlier'}.pth.tar")
+    if ctx.is_main:
+        keep_other_runs_file(path, state.run_id)
     save(state, path, cfg, ctx, device)
     if ctx.is_main:
         prune_checkpoints(folder, cfg.training.keep_last, state.run_id, lambda p: why_not_resumable(p) is None)
     return path
+
+
+def keep_other_runs_file(path: str, run_id: str) -> None:
+    """Another run's (or branch's) checkpoint at `path` is kept apart as <name>.<its run>.pth.tar, never overwritten."""
+    if os.path.isfile(path) and (other := checkpoint_run(path)) != run_id:
+        set_aside(path, f"{path.removesuffix('.pth.tar')}.{other or 'earlier'}.pth.tar")
 
 
 def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device,
@@ -329,7 +334,10 @@ def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed
         log.info("iteration %d: validation 1:2 v2f matching %.2f%% (best %.2f%%)", state.iteration,
                  100 * accuracy, 100 * state.best_val)
     if is_best:
-        save(state, os.path.join(folder, "checkpoint_best.pth.tar"), cfg, ctx, device)
+        best = os.path.join(folder, "checkpoint_best.pth.tar")
+        if ctx.is_main:
+            keep_other_runs_file(best, state.run_id)
+        save(state, best, cfg, ctx, device)
 
 
 def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from utils import distributed
 from utils.checkpoint import (OWN_FORMAT, checkpoint_iteration, checkpoint_run, load_checkpoint, periodic_checkpoints,
-                              read_checkpoint, save_checkpoint, set_aside)
+                              read_checkpoint, save_checkpoint)
 from utils.config import config_to_dict
 from utils.errors import CheckpointError, UserError
 from utils.run_folder import read_run_record, write_run_config, write_run_record
@@ -270,9 +270,6 @@ def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, ch
             shown = ", ".join(found[:5]) + (f", ... ({len(found)} in all)" if len(found) > 5 else "")
             raise OtherRunInFolder(f"{folder} holds the checkpoints of an earlier run ({shown}); continue it with "
                                    "--resume auto, or give this run another exp_name")
-        best = os.path.join(folder, BEST_NAME)
-        if os.path.isfile(best):  # an earlier run's best, kept from this run's first validation
-            set_aside(best, os.path.join(folder, f"checkpoint_best.{checkpoint_run(best) or 'earlier'}.pth.tar"))
         run_id, parent = secrets.token_hex(4), None
     else:
         line, iteration = checkpoint.get("run"), checkpoint["iteration"]
