@@ -192,6 +192,14 @@ def setup_logging(folder: str | None, is_main: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
 
 
+def log_to_file(message: str) -> None:
+    """An error line for train.log only: the program prints it to the terminal itself when it exits."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -400,6 +408,8 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
         raise
     except Exception as e:
         failure = distributed.stop_after_failure(e, ctx)
+        if isinstance(failure, UserError):
+            log_to_file(f"error: {failure}")
         if failure is e:
             raise
         raise failure from None
@@ -422,6 +432,9 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
                                        resume_requested)
     if resume:
         log.info("resumed from %s at iteration %d", resume, state.iteration + 1)
+    if ctx.is_main:
+        log.info("run %s in %s: iterations %d to %s", state.run_id, folder, state.iteration + 1,
+                 tcfg.max_iter if tcfg.plateau_patience <= 0 else "the plateau")
     encoders = wrap_encoders(state.model, ctx, device)
     amp_dtype = amp_dtype_of(tcfg, device)
     skipped_steps = torch.zeros((), dtype=torch.long, device=device) if state.scaler.is_enabled() else None
@@ -519,7 +532,7 @@ EXAMPLES = """examples:
   python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2
   torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml  # run `python -m data.prepare` first
 
-writes <output_dir>/<exp_name>/ (experiments/<exp_name>/ by default): config.yaml, train.log,
+writes <output_dir>/<exp_name>/ (experiments/<exp_name>/ by default): config.yaml, run.json, train.log,
 tensorboard/, checkpoint_<iteration>.pth.tar, checkpoint_best.pth.tar; with --seeds, one such
 folder per seed in <output_dir>/<exp_name>/seed<k>/. Ctrl-C or SIGTERM saves the last finished
 iteration and prints the command that continues it."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -138,6 +139,7 @@ class RankFailed(UserError):
 
 FAILURE_KEY = "aasm/failed/{}"
 PROCESS_KEY = "aasm/process/{}"
+VANISH_CHECKS = 10
 
 
 def on_main(fn, ctx: Context, *args):
@@ -178,15 +180,23 @@ def stop_after_failure(error: BaseException, ctx: Context) -> BaseException:
             if store.check([FAILURE_KEY.format(rank)]):
                 message = store.get(FAILURE_KEY.format(rank)).decode(errors="replace")
                 return RankFailed(f"rank {ctx.rank} stopping: rank {rank} failed: {message}")
-        for rank in others:
-            gone = vanished_process(store, rank)
-            if gone:
-                return RankFailed(f"rank {ctx.rank} stopping: rank {rank} ({gone}) ended without a message "
-                                  "(killed, or out of memory); continue the run with --resume auto")
+        # A killed process closes its sockets a moment before it is gone: a lost connection looks again.
+        for _ in range(VANISH_CHECKS if lost_connection(error) else 1):
+            for rank in others:
+                gone = vanished_process(store, rank)
+                if gone:
+                    return RankFailed(f"rank {ctx.rank} stopping: rank {rank} ({gone}) ended without a message "
+                                      "(killed, or out of memory); continue the run with --resume auto")
+            time.sleep(0.1)
         store.set(FAILURE_KEY.format(ctx.rank), f"{type(error).__name__}: {error}")
     except Exception:  # the store itself may be gone with the launcher; the original error still stands
         pass
     return error
+
+
+def lost_connection(error: BaseException) -> bool:
+    """A collective that broke because a peer went away (gloo: 'Connection reset by peer', 'Broken pipe')."""
+    return isinstance(error, dist.DistError) or any(text in str(error) for text in ("Connection", "Broken pipe"))
 
 
 def vanished_process(store, rank: int) -> str | None:

@@ -66,8 +66,9 @@ STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # batch nor
 
 
 def diverged_weight(named: dict[str, torch.Tensor]) -> tuple[str, float] | None:
-    """(name, largest |value|) of the largest weight beyond DIVERGED_WEIGHT, else None (finite tensors)."""
-    weights = {k: v for k, v in named.items() if v.is_floating_point() and v.numel()
+    """(name, largest |value|) of the largest model weight beyond DIVERGED_WEIGHT, else None (finite tensors;
+    the equilibrium's counters grow with the run and are no weights)."""
+    weights = {k: v for k, v in named.items() if k.startswith("model.") and v.is_floating_point() and v.numel()
                and not k.endswith(STATISTICS)}
     if not weights:
         return None
