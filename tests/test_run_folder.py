@@ -69,6 +69,24 @@ def test_pruning_keeps_the_good_checkpoint_and_rejected_files_are_moved_aside(ti
     assert iterations(run) == [6, 8]
 
 
+def test_pruning_and_resume_candidates_follow_the_run_ids(tmp_path):
+    from utils.checkpoint import prune_checkpoints
+    from utils.run_folder import write_run_record
+    from utils.train_state import resume_candidates
+
+    for iteration, run_id in ((2, "a"), (4, "a"), (5, "b"), (6, "a"), (8, "a")):
+        torch.save({"run": run_id, "iteration": iteration}, tmp_path / f"checkpoint_{iteration}.pth.tar")
+    (tmp_path / "checkpoint_9.pth.tar").write_bytes(b"junk")
+    write_run_record(str(tmp_path), "b", {"run": "a", "iteration": 4, "path": str(tmp_path / "checkpoint_4.pth.tar")})
+    # Run b's own and unknown files newest first, then the checkpoint b branched from, then run a's.
+    assert [os.path.basename(p).split("_")[1].split(".")[0] for p in resume_candidates(str(tmp_path))] == \
+        ["9", "5", "4", "8", "6", "2"]
+    # Run a keeps its newest usable one (6: 8 is not usable, so it neither counts nor goes); b's and junk stay.
+    prune_checkpoints(str(tmp_path), 1, "a", usable=lambda path: not path.endswith("_8.pth.tar"))
+    assert names(tmp_path) == ["checkpoint_5.pth.tar", "checkpoint_6.pth.tar", "checkpoint_8.pth.tar",
+                               "checkpoint_9.pth.tar", "run.json"]
+
+
 def test_runs_and_branches_keep_their_checkpoints_apart(tiny_cfg, tmp_path):
     path, run = write_config(tiny_cfg, tmp_path, "run", "training.max_iter=8")
     assert train(path).returncode == 0  # checkpoints 1, 2, 4, 6, 8 of one run

@@ -330,7 +330,8 @@ def checkpoint_iteration(path: str) -> int | None:
 
 def periodic_checkpoints(run_dir: str) -> list[str]:
     """The run's `checkpoint_<iteration>.pth.tar` files, oldest iteration first (never `checkpoint_best`)."""
-    found = [(checkpoint_iteration(path), path) for path in glob.glob(os.path.join(glob.escape(run_dir), "checkpoint_*.pth.tar"))]
+    paths = glob.glob(os.path.join(glob.escape(run_dir), "checkpoint_*.pth.tar"))
+    found = [(checkpoint_iteration(path), path) for path in paths]
     return [path for _, path in sorted(item for item in found if item[0] is not None)]
 
 

@@ -66,7 +66,8 @@ def setup(device_name: str, timeout_minutes: float) -> Context:
                             timeout=timedelta(minutes=timeout_minutes), **options)
     ctx = Context(dist.get_rank(), dist.get_world_size(), local_rank)
     # Where each rank runs, so that a rank that vanishes (kill -9, out of memory) can be named by the others.
-    dist.distributed_c10d._get_default_store().set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
+    store = dist.distributed_c10d._get_default_store()
+    store.set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
     return ctx
 
 
@@ -181,13 +182,14 @@ def stop_after_failure(error: BaseException, ctx: Context) -> BaseException:
                 message = store.get(FAILURE_KEY.format(rank)).decode(errors="replace")
                 return RankFailed(f"rank {ctx.rank} stopping: rank {rank} failed: {message}")
         # A killed process closes its sockets a moment before it is gone: a lost connection looks again.
-        for _ in range(VANISH_CHECKS if lost_connection(error) else 1):
+        for attempt in range(VANISH_CHECKS if lost_connection(error) else 1):
+            if attempt:
+                time.sleep(0.1)
             for rank in others:
                 gone = vanished_process(store, rank)
                 if gone:
                     return RankFailed(f"rank {ctx.rank} stopping: rank {rank} ({gone}) ended without a message "
                                       "(killed, or out of memory); continue the run with --resume auto")
-            time.sleep(0.1)
         store.set(FAILURE_KEY.format(ctx.rank), f"{type(error).__name__}: {error}")
     except Exception:  # the store itself may be gone with the launcher; the original error still stands
         pass
