@@ -30,19 +30,22 @@ from losses.diagnostics import TrainingDiagnostics, weight_summary
 from models import build_model
 from models.pair_encoder import PairEncoder
 from utils import distributed
-from utils.checkpoint import load_pretrained_face, load_pretrained_voice, prune_checkpoints
+from utils.checkpoint import (checkpoint_run, load_pretrained_face, load_pretrained_voice, prune_checkpoints,
+                              read_checkpoint, set_aside)
 from utils.config import DEFAULTS, OPTS_HELP, ConfigError, load_config, require, run_dir
 from utils.errors import CheckpointError, UserError
 from utils.evaluation import validate
 from utils.files import remove_stale_temporaries
-from utils.run_folder import acquire_lock, release_lock, write_run_config
+from utils.run_folder import acquire_lock, release_lock
 from utils.train_state import (
     UNREADABLE,
     TrainState,
+    begin_run,
     check_resume_config,
     gathered_rng,
     reason,
-    resumable_checkpoint,
+    resumable_and_rejected,
+    why_not_resumable,
 )
 
 log = logging.getLogger("train")
@@ -189,6 +192,14 @@ def setup_logging(folder: str | None, is_main: bool) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
 
 
+def log_to_file(message: str) -> None:
+    """An error line for train.log only: the program prints it to the terminal itself when it exits."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 def seed_everything(seed: int, deterministic: bool) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -198,38 +209,42 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-def resolve_resume(resume: str | None, folder: str, cfg, overridden: set[str]) -> str | None:
-    """The checkpoint to continue from ('auto': the newest good one in the run folder), its config checked."""
+def resolve_resume(resume: str | None, folder: str, cfg, overridden: set[str]) -> tuple[str | None, list[str]]:
+    """The checkpoint to continue from ('auto': the newest good one of the run folder's latest run; the files it
+    rejects are moved aside as *.rejected), its config checked; returns (path, keys changed with --opts)."""
     if resume == "auto":
-        resume = resumable_checkpoint(folder)
+        resume, rejected = resumable_and_rejected(folder)
+        for path in rejected:
+            set_aside(path, path + ".rejected")
         if resume is None:
             log.info("--resume auto: no usable checkpoint in %s, starting fresh", folder)
-            return None
-    if resume:
-        if not os.path.isfile(resume):
-            raise CheckpointError(f"--resume: checkpoint file not found: {resume}")
-        try:
-            saved = torch.load(resume, map_location="cpu", weights_only=True)
-        except UNREADABLE as e:
-            raise CheckpointError(f"{resume}: cannot be resumed: {reason(e)}") from None
-        check_resume_config(saved.get("config") if isinstance(saved, dict) else None, cfg, overridden, resume)
-    return resume
+            return None, []
+    if not resume:
+        return None, []
+    if not os.path.isfile(resume):
+        raise CheckpointError(f"--resume: checkpoint file not found: {resume}")
+    try:
+        saved = read_checkpoint(resume)
+    except CheckpointError as e:
+        raise CheckpointError(f"{resume}: cannot be resumed: {str(e).removeprefix(f'{resume}: ')}") from None
+    changed = check_resume_config(saved.get("config") if isinstance(saved, dict) else None, cfg, overridden, resume)
+    return resume, changed
 
 
 def open_run_folder(cfg, resume: str | None, overridden: set[str], ctx: distributed.Context) -> tuple:
-    """Rank 0 locks the run folder, cleans it, picks the checkpoint and writes config.yaml; all ranks learn it."""
+    """Rank 0 locks the run folder, cleans it and picks the checkpoint; all ranks learn it.
+
+    Returns (folder, lock, checkpoint path or None, keys changed with --opts)."""
     folder = run_dir(cfg)
     lock = distributed.on_main(acquire_lock, ctx, folder)
     try:
         setup_logging(folder, ctx.is_main)
 
-        def on_main() -> str | None:
+        def on_main() -> tuple[str | None, list[str]]:
             remove_stale_temporaries(folder)
-            path = resolve_resume(resume or cfg.training.resume, folder, cfg, overridden)
-            write_run_config(cfg, folder)
-            return path
+            return resolve_resume(resume or cfg.training.resume, folder, cfg, overridden)
 
-        return folder, lock, distributed.on_main(on_main, ctx)
+        return (folder, lock, *distributed.on_main(on_main, ctx))
     except BaseException:
         if ctx.is_main:
             release_lock(lock)
@@ -301,11 +316,20 @@ def save(state: TrainState, path: str, cfg, ctx: distributed.Context, device: to
 
 
 def save_periodic(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device) -> str:
+    """checkpoint_<iteration>, then pruning of this run's older ones."""
     path = os.path.join(folder, f"checkpoint_{state.iteration}.pth.tar")
+    if ctx.is_main:
+        keep_other_runs_file(path, state.run_id)
     save(state, path, cfg, ctx, device)
     if ctx.is_main:
-        prune_checkpoints(folder, cfg.training.keep_last)
+        prune_checkpoints(folder, cfg.training.keep_last, state.run_id, lambda p: why_not_resumable(p) is None)
     return path
+
+
+def keep_other_runs_file(path: str, run_id: str) -> None:
+    """Another run's (or branch's) checkpoint at `path` is kept apart as <name>.<its run>.pth.tar, never overwritten."""
+    if os.path.isfile(path) and (other := checkpoint_run(path)) != run_id:
+        set_aside(path, f"{path.removesuffix('.pth.tar')}.{other or 'earlier'}.pth.tar")
 
 
 def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device,
@@ -319,7 +343,10 @@ def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed
         log.info("iteration %d: validation 1:2 v2f matching %.2f%% (best %.2f%%)", state.iteration,
                  100 * accuracy, 100 * state.best_val)
     if is_best:
-        save(state, os.path.join(folder, "checkpoint_best.pth.tar"), cfg, ctx, device)
+        best = os.path.join(folder, "checkpoint_best.pth.tar")
+        if ctx.is_main:
+            keep_other_runs_file(best, state.run_id)
+        save(state, best, cfg, ctx, device)
 
 
 def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:
@@ -373,14 +400,17 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
             raise ConfigError(f"training.batch_size={tcfg.batch_size} is not divisible by the "
                               f"{ctx.world_size} processes")
         device = distributed.device_of(cfg.device, ctx)
-        folder, lock, resume = open_run_folder(cfg, resume, overridden, ctx)
+        requested = bool(resume or tcfg.resume)
+        folder, lock, resume, changed = open_run_folder(cfg, resume, overridden, ctx)
         seed_everything(cfg.seed + ctx.rank, tcfg.deterministic)
         prepare_data(cfg, ctx)
-        return run(cfg, folder, resume, ctx, device)
+        return run(cfg, folder, resume, ctx, device, changed, requested)
     except Interrupted:  # every rank stops alike after a signal: nobody failed
         raise
     except Exception as e:
         failure = distributed.stop_after_failure(e, ctx)
+        if isinstance(failure, UserError):
+            log_to_file(f"error: {failure}")
         if failure is e:
             raise
         raise failure from None
@@ -390,14 +420,22 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
         distributed.cleanup(ctx)
 
 
-def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: torch.device) -> dict:
-    """The training loop, from the state the setup built to max_iter (or the plateau, or a signal)."""
+def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: torch.device,
+        changed: list[str] = (), resume_requested: bool = False) -> dict:
+    """The training loop, from the state the setup built to max_iter (or the plateau, or a signal).
+
+    The run folder's config.yaml and run record are written only once every file the run starts from loaded."""
     tcfg = cfg.training
     dataset = TrainDataset(cfg)
     state = build_state(cfg, len(dataset), device)
+    checkpoint = state.restore(resume, ctx.rank, device) if resume else None
+    state.run_id = distributed.on_main(begin_run, ctx, cfg, folder, resume, checkpoint, list(changed),
+                                       resume_requested)
     if resume:
-        state.restore(resume, ctx.rank, device)
         log.info("resumed from %s at iteration %d", resume, state.iteration + 1)
+    if ctx.is_main:
+        log.info("run %s in %s: iterations %d to %s", state.run_id, folder, state.iteration + 1,
+                 tcfg.max_iter if tcfg.plateau_patience <= 0 else "the plateau")
     encoders = wrap_encoders(state.model, ctx, device)
     amp_dtype = amp_dtype_of(tcfg, device)
     skipped_steps = torch.zeros((), dtype=torch.long, device=device) if state.scaler.is_enabled() else None
@@ -495,7 +533,7 @@ EXAMPLES = """examples:
   python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2
   torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml  # run `python -m data.prepare` first
 
-writes <output_dir>/<exp_name>/ (experiments/<exp_name>/ by default): config.yaml, train.log,
+writes <output_dir>/<exp_name>/ (experiments/<exp_name>/ by default): config.yaml, run.json, train.log,
 tensorboard/, checkpoint_<iteration>.pth.tar, checkpoint_best.pth.tar; with --seeds, one such
 folder per seed in <output_dir>/<exp_name>/seed<k>/. Ctrl-C or SIGTERM saves the last finished
 iteration and prints the command that continues it."""
@@ -533,6 +571,10 @@ def seed_configs(cfg, seeds: list[int] | None) -> list:
     """The config itself without seeds, else one copy per seed whose run folder is <run>/seed<k>."""
     if seeds is None:
         return [cfg]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated or min(seeds) < 0:
+        what = f"{', '.join(map(str, repeated))} given twice" if repeated else f"{min(seeds)} is negative"
+        raise ConfigError(f"--seeds: {what}; give distinct seeds of at least 0 (each trains into <run>/seed<k>/)")
     return [EasyDict({**copy.deepcopy(cfg), "seed": seed, "exp_name": f"{cfg.exp_name}/seed{seed}"}) for seed in seeds]
 
 

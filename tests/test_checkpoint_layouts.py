@@ -208,7 +208,7 @@ def test_legacy_gpu_file_needs_the_cpu_mapping(tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="CUDA"):
         torch.load(path, weights_only=True)
-    assert torch.equal(ckpt._read(path)["a"], torch.ones(2))
+    assert torch.equal(ckpt.read_checkpoint(path)["a"], torch.ones(2))
 
 
 def test_nothing_maps_names_file_layouts_and_first_keys(tmp_path, source):

@@ -159,16 +159,23 @@ def test_resume_auto_skips_bad_checkpoints_and_corrupt_files_are_one_line_errors
     for skipped, why in ((12, "unreadable"), (10, "unreadable"), (8, "empty file"), (6, f"non-finite values in model.{name}")):
         assert f"skipping {run / f'checkpoint_{skipped}.pth.tar'}: {why}" in result.stderr
     assert "resumed from " + str(run / "checkpoint_4.pth.tar") in result.stderr
+    # The rejected files are moved aside (never counted as the newest again), each move named in the log.
+    for skipped in (6, 8, 10, 12):
+        assert f"moved {run / f'checkpoint_{skipped}.pth.tar'} aside as {run / f'checkpoint_{skipped}.pth.tar'}" \
+               ".rejected" in result.stderr
+        assert (run / f"checkpoint_{skipped}.pth.tar.rejected").is_file()
+    assert torch.load(run / "checkpoint_6.pth.tar", weights_only=True)["iteration"] == 6  # the resumed run's own
 
-    one_line_error(train(path, "--resume", str(run / "checkpoint_10.pth.tar")), str(run / "checkpoint_10.pth.tar"))
+    rejected = run / "checkpoint_10.pth.tar.rejected"
+    one_line_error(train(path, "--resume", str(rejected)), str(rejected))
     from train import resolve_resume
     from utils.errors import CheckpointError
 
-    for bad in ("checkpoint_8.pth.tar", "checkpoint_12.pth.tar"):  # empty, truncated: the same path in-process
+    for bad in ("checkpoint_8.pth.tar.rejected", "checkpoint_12.pth.tar.rejected"):  # empty, truncated: in-process
         with pytest.raises(CheckpointError, match=f"^{run / bad}: cannot be resumed"):
             resolve_resume(str(run / bad), str(run), tiny_cfg, set())
-    one_line_error(train(path, "--opts", f"models.face.pretrained={run / 'checkpoint_10.pth.tar'}"),
-                   str(run / "checkpoint_10.pth.tar"), "models.face.pretrained")
+    one_line_error(train(path, "--opts", f"models.face.pretrained={rejected}"), str(rejected),
+                   "models.face.pretrained")
 
 
 def test_resume_with_another_model_batch_or_schedule_needs_explicit_opts(tiny_cfg, tmp_path):

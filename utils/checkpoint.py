@@ -23,6 +23,7 @@ import os
 import pickle
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -194,7 +195,7 @@ def _load_entries(module: nn.Module, entries: dict[str, torch.Tensor], required:
     module.load_state_dict({k: _fit(v, own[k], k, path) for k, v in entries.items()}, strict=False)
 
 
-def _read(path: str, config_key: str | None = None) -> dict:
+def read_checkpoint(path: str, config_key: str | None = None) -> dict:
     """torch.load with weights_only; every way a file can fail is one line naming it (and its config key)."""
     where = f"{config_key}: " if config_key else ""
     if not os.path.isfile(path):
@@ -255,7 +256,7 @@ def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None =
 
     Returns the raw checkpoint dict (optimizer, iteration, RNG states... are the caller's business).
     """
-    checkpoint = _read(path)
+    checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
     if checkpoint.get("format") == OWN_FORMAT:
@@ -288,7 +289,7 @@ def _load_pretrained(model: nn.Module, path: str, state_dict: dict, sections: tu
 
 
 def _state_dict_file(path: str, config_key: str, accepted: tuple[str, ...]) -> dict:
-    state_dict = _read(path, config_key)
+    state_dict = read_checkpoint(path, config_key)
     if not isinstance(state_dict, dict):
         raise CheckpointLayoutError(f"{path}: {config_key} must be a state_dict file, got a "
                                     f"{type(state_dict).__name__}; accepted layouts: {'; '.join(accepted)}")
@@ -321,14 +322,17 @@ def save_checkpoint(state: dict, path: str) -> None:
         torch.save(state, f)
 
 
+def checkpoint_iteration(path: str) -> int | None:
+    """The iteration in a periodic checkpoint's name `checkpoint_<iteration>.pth.tar`, else None."""
+    match = re.fullmatch(r"checkpoint_(\d+)\.pth\.tar", os.path.basename(path))
+    return int(match.group(1)) if match else None
+
+
 def periodic_checkpoints(run_dir: str) -> list[str]:
     """The run's `checkpoint_<iteration>.pth.tar` files, oldest iteration first (never `checkpoint_best`)."""
-    found = []
-    for path in glob.glob(os.path.join(run_dir, "checkpoint_*.pth.tar")):
-        match = re.fullmatch(r"checkpoint_(\d+)\.pth\.tar", os.path.basename(path))
-        if match:
-            found.append((int(match.group(1)), path))
-    return [path for _, path in sorted(found)]
+    paths = glob.glob(os.path.join(glob.escape(run_dir), "checkpoint_*.pth.tar"))
+    found = [(checkpoint_iteration(path), path) for path in paths]
+    return [path for _, path in sorted(item for item in found if item[0] is not None)]
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -337,10 +341,39 @@ def latest_checkpoint(run_dir: str) -> str | None:
     return found[-1] if found else None
 
 
-def prune_checkpoints(run_dir: str, keep_last: int) -> None:
-    """Delete all but the `keep_last` newest periodic checkpoints (keep_last < 1 keeps them all)."""
+def checkpoint_run(path: str) -> str | None:
+    """The run (or branch) id a checkpoint of ours records; None for a file without one or that does not load.
+
+    Tensors are mapped, not read: this costs little more than opening the file."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable files belong to no run
+        return None
+    return checkpoint.get("run") if isinstance(checkpoint, dict) else None
+
+
+def prune_checkpoints(run_dir: str, keep_last: int, run_id: str | None = None,
+                      usable: Callable[[str], bool] = lambda path: True) -> None:
+    """Keep the `keep_last` newest periodic checkpoints that are `usable`, delete older ones.
+
+    With `run_id`, only that run's checkpoints are considered: other runs' files and files that do not
+    load are never deleted, and a newer file that is not usable never counts among the kept ones.
+    keep_last < 1 keeps them all.
+    """
     if keep_last < 1:
         return
-    for path in periodic_checkpoints(run_dir)[:-keep_last]:
+    kept = 0
+    for path in reversed(periodic_checkpoints(run_dir)):
+        if run_id is not None and checkpoint_run(path) != run_id:
+            continue
+        if kept < keep_last:
+            kept += usable(path)
+            continue
         os.remove(path)
         log.info("removed old checkpoint %s", path)
+
+
+def set_aside(path: str, kept: str) -> None:
+    """Rename `path` to `kept`, a name out of pruning's and `--resume auto`'s reach; logged."""
+    os.replace(path, kept)
+    log.warning("moved %s aside as %s", path, kept)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -11,6 +13,7 @@ from torch import nn
 
 from utils.config import ConfigError
 from utils.errors import UserError
+from utils.run_folder import process_alive
 
 
 @dataclass
@@ -72,7 +75,11 @@ def setup(device_name: str, timeout_minutes: float) -> Context:
         options["device_id"] = device
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                             timeout=timedelta(minutes=timeout_minutes), **options)
-    return Context(dist.get_rank(), dist.get_world_size(), local_rank)
+    ctx = Context(dist.get_rank(), dist.get_world_size(), local_rank)
+    # Where each rank runs, so that a rank that vanishes (kill -9, out of memory) can be named by the others.
+    store = dist.distributed_c10d._get_default_store()
+    store.set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
+    return ctx
 
 
 def name_has_index(device_name: str) -> bool:
@@ -143,6 +150,8 @@ class RankFailed(UserError):
 
 
 FAILURE_KEY = "aasm/failed/{}"
+PROCESS_KEY = "aasm/process/{}"
+VANISH_CHECKS = 10
 
 
 def on_main(fn, ctx: Context, *args):
@@ -171,20 +180,44 @@ def stop_after_failure(error: BaseException, ctx: Context) -> BaseException:
     """The error this rank should stop with: RankFailed naming the rank that failed first, if another did.
 
     A rank that fails on its own leaves a note in the launcher's store, so that the others, whose next
-    collective then breaks, say which rank failed and why instead of a bare connection error.
+    collective then breaks, say which rank failed and why instead of a bare connection error. A rank that
+    left no note (killed) is named when its process is gone from this host.
     """
     if not ctx.enabled or not dist.is_initialized() or isinstance(error, RankFailed):
         return error
     try:
         store = dist.distributed_c10d._get_default_store()
-        for rank in range(ctx.world_size):
-            if rank != ctx.rank and store.check([FAILURE_KEY.format(rank)]):
+        others = [rank for rank in range(ctx.world_size) if rank != ctx.rank]
+        for rank in others:
+            if store.check([FAILURE_KEY.format(rank)]):
                 message = store.get(FAILURE_KEY.format(rank)).decode(errors="replace")
                 return RankFailed(f"rank {ctx.rank} stopping: rank {rank} failed: {message}")
+        # A killed process closes its sockets a moment before it is gone: a lost connection looks again.
+        for attempt in range(VANISH_CHECKS if lost_connection(error) else 1):
+            if attempt:
+                time.sleep(0.1)
+            for rank in others:
+                gone = vanished_process(store, rank)
+                if gone:
+                    return RankFailed(f"rank {ctx.rank} stopping: rank {rank} ({gone}) ended without a message "
+                                      "(killed, or out of memory); continue the run with --resume auto")
         store.set(FAILURE_KEY.format(ctx.rank), f"{type(error).__name__}: {error}")
     except Exception:  # the store itself may be gone with the launcher; the original error still stands
         pass
     return error
+
+
+def lost_connection(error: BaseException) -> bool:
+    """A collective that broke because a peer went away (gloo: 'Connection reset by peer', 'Broken pipe')."""
+    return isinstance(error, dist.DistError) or any(text in str(error) for text in ("Connection", "Broken pipe"))
+
+
+def vanished_process(store, rank: int) -> str | None:
+    """'pid N' when `rank` ran on this host and its process is gone, else None."""
+    if not store.check([PROCESS_KEY.format(rank)]):
+        return None
+    pid, host = store.get(PROCESS_KEY.format(rank)).decode().split()
+    return f"pid {pid}" if host == socket.gethostname() and not process_alive(int(pid)) else None
 
 
 class GlobalBatchNorm(nn.BatchNorm2d):

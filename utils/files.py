@@ -41,9 +41,21 @@ def atomic_write(path: str, mode: str = "w", newline: str | None = None) -> Iter
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
-        if isinstance(e, OSError) and not isinstance(e, UserError):
-            raise WriteError(f"could not write {path}: {e.strerror or e}") from e
+        cause = os_error_in(e)
+        if cause is not None and not isinstance(e, UserError):
+            raise WriteError(f"could not write {path}: {cause.strerror or cause}") from e
         raise
+
+
+def os_error_in(error: BaseException) -> OSError | None:
+    """The OSError an exception is or was raised from (torch.save's RuntimeError chains the disk's ENOSPC)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _sync_folder(folder: str) -> None:

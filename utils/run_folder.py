@@ -1,7 +1,9 @@
-"""The run folder: one training run at a time (a lock file), and a config.yaml never replaced silently."""
+"""The run folder: one training run at a time (a lock file), a config.yaml never replaced silently, and the
+run record naming the run (or branch) that started last."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -11,25 +13,30 @@ import yaml
 
 from utils.config import config_to_dict
 from utils.errors import UserError
-from utils.files import atomic_write
+from utils.files import WriteError, atomic_write
 
 log = logging.getLogger(__name__)
 
 LOCK_NAME = "train.lock"
 CONFIG_NAME = "config.yaml"
+RECORD_NAME = "run.json"
 
 
 class RunFolderBusy(UserError):
     """Another live training run holds the run folder's lock."""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` of this host runs (a zombie, killed but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # someone else's live process
         return True
+    with contextlib.suppress(OSError, IndexError):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     return True
 
 
@@ -39,11 +46,11 @@ def acquire_lock(folder: str) -> str:
     Refuses (RunFolderBusy) while the process named in the lock is alive on this host; a lock from
     another host cannot be checked and is refused too.
     """
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, LOCK_NAME)
     mine = f"{os.getpid()} {socket.gethostname()}\n"
     for _ in range(2):
         try:
+            os.makedirs(folder, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         except FileExistsError:
             owner = _read_owner(path)
@@ -52,12 +59,14 @@ def acquire_lock(folder: str) -> str:
                     os.unlink(path)
                 continue
             pid, host = owner
-            if host != socket.gethostname() or _alive(pid):
+            if host != socket.gethostname() or process_alive(pid):
                 raise RunFolderBusy(f"{folder} is in use by another training run (pid {pid} on {host}, lock "
                                     f"{path}); wait for it to finish, or use another exp_name") from None
             log.warning("taking over the lock %s of pid %d, which is no longer running", path, pid)
             os.unlink(path)
             continue
+        except OSError as e:  # a read-only or full disk, no permission: said before any work is done
+            raise WriteError(f"cannot write in the run folder {folder}: {e.strerror or e}") from None
         with os.fdopen(descriptor, "w") as f:
             f.write(mine)
         return path
@@ -93,6 +102,25 @@ def write_run_config(cfg, folder: str) -> None:
                     ", ".join(_changed_keys(old, new)) or "layout", kept)
     with atomic_write(path) as f:
         yaml.safe_dump(new, f, sort_keys=False)
+
+
+def read_run_record(folder: str) -> dict | None:
+    """`<folder>/run.json`: {'run': id, 'parent': {'run', 'iteration', 'path'} or None, 'started'}, or None."""
+    path = os.path.join(folder, RECORD_NAME)
+    try:
+        with open(path) as f:
+            record = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        log.warning("%s: unreadable run record, ignored (%s)", path, e)
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("run"), str) else None
+
+
+def write_run_record(folder: str, run_id: str, parent: dict | None) -> None:
+    with atomic_write(os.path.join(folder, RECORD_NAME)) as f:
+        json.dump({"run": run_id, "parent": parent, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, f, indent=1)
 
 
 def _changed_keys(old, new, prefix: str = "") -> list[str]:

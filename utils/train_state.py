@@ -10,6 +10,7 @@ import logging
 import os
 import pickle
 import random
+import secrets
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,9 +18,11 @@ import torch
 from torch import nn
 
 from utils import distributed
-from utils.checkpoint import OWN_FORMAT, load_checkpoint, periodic_checkpoints, save_checkpoint
+from utils.checkpoint import (OWN_FORMAT, checkpoint_iteration, checkpoint_run, load_checkpoint, periodic_checkpoints,
+                              read_checkpoint, save_checkpoint)
 from utils.config import config_to_dict
 from utils.errors import CheckpointError, UserError
+from utils.run_folder import read_run_record, write_run_config, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +59,38 @@ def non_finite_tensors(named: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, ok in zip(floats, finite) if not ok]
 
 
+# No weight of a healthy run comes near this (the demo's largest stays below 100); an SGD run that
+# diverged without reaching inf holds weights of 1e20 and more, which validate at chance.
+DIVERGED_WEIGHT = 1e6
+STATISTICS = ("running_mean", "running_var", "num_batches_tracked")  # batch norm's buffers, not weights
+
+
+def diverged_weight(named: dict[str, torch.Tensor]) -> tuple[str, float] | None:
+    """(name, largest |value|) of the largest model weight beyond DIVERGED_WEIGHT, else None (finite tensors;
+    the equilibrium's counters grow with the run and are no weights)."""
+    weights = {k: v for k, v in named.items() if k.startswith("model.") and v.is_floating_point() and v.numel()
+               and not k.endswith(STATISTICS)}
+    if not weights:
+        return None
+    largest = torch.stack([v.detach().abs().max().float() for v in weights.values()])
+    index = int(largest.argmax())
+    value = float(largest[index])
+    return (list(weights)[index], value) if value > DIVERGED_WEIGHT else None
+
+
+def state_problem(named: dict[str, torch.Tensor]) -> str | None:
+    """Why a model's tensors must not be saved or resumed from: non-finite or diverged values; else None."""
+    bad = non_finite_tensors(named)
+    if bad:
+        return f"non-finite values in {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}"
+    diverged = diverged_weight(named)
+    if diverged:
+        return f"diverged: |{diverged[0]}| reaches {diverged[1]:.3g} (beyond {DIVERGED_WEIGHT:.0e})"
+    return None
+
+
 class NonFiniteState(UserError):
-    """The weights went NaN/inf: refusing to save them over a good checkpoint."""
+    """The weights went NaN/inf or diverged: refusing to save them over a good checkpoint."""
 
 
 @dataclass
@@ -69,6 +102,7 @@ class TrainState:
     iteration: int = 0  # the last finished iteration
     best_val: float = -1.0
     history: list[float] = field(default_factory=list)
+    run_id: str | None = None  # the run (or branch) this state belongs to, stored in its checkpoints
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Parameters and buffers of the model and the equilibrium, by checkpoint name."""
@@ -79,14 +113,14 @@ class TrainState:
         return {"format": OWN_FORMAT, "iteration": self.iteration, "model": self.model.state_dict(),
                 "equilibrium": self.equilibrium.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "best_val": self.best_val, "val_history": self.history,
-                "rng": rng, "config": config_to_dict(cfg)}
+                "rng": rng, "config": config_to_dict(cfg), "run": self.run_id}
 
     def save(self, path: str, rng: list[dict], cfg) -> None:
-        """Write the checkpoint atomically, unless a parameter or buffer is NaN/inf."""
-        bad = non_finite_tensors(self.tensors())
-        if bad:
-            raise NonFiniteState(f"not saving {path} after iteration {self.iteration}: non-finite values in "
-                                 f"{', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+        """Write the checkpoint atomically, unless a parameter or buffer is NaN/inf or the weights diverged."""
+        problem = state_problem(self.tensors())
+        if problem:
+            raise NonFiniteState(f"not saving {path} after iteration {self.iteration}: {problem}; stopping "
+                                 "(lower training.lr, or resume from an earlier checkpoint)")
         save_checkpoint(self.checkpoint(rng, cfg), path)
 
     def restore(self, path: str, rank: int, device: torch.device) -> dict:
@@ -126,38 +160,66 @@ def reason(error: BaseException) -> str:
 
 
 def why_not_resumable(path: str) -> str | None:
-    """None when `path` is a finite checkpoint of ours, else why it cannot be resumed from."""
+    """None when `path` is a finite, not diverged checkpoint of ours, else why it cannot be resumed from."""
     if os.path.getsize(path) == 0:
         return "empty file"
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except UNREADABLE as e:
-        return f"unreadable ({reason(e)})"
+        checkpoint = read_checkpoint(path)
+    except (CheckpointError, FileNotFoundError) as e:
+        return f"unreadable ({str(e).removeprefix(f'{path}: ')})"
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != OWN_FORMAT:
         return "not a checkpoint written by train.py"
     named = {**{f"model.{k}": v for k, v in checkpoint.get("model", {}).items()},
              **{f"equilibrium.{k}": v for k, v in (checkpoint.get("equilibrium") or {}).items()}}
-    bad = non_finite_tensors({k: v for k, v in named.items() if isinstance(v, torch.Tensor)})
-    return f"non-finite values in {', '.join(bad[:3])}" if bad else None
+    return state_problem({k: v for k, v in named.items() if isinstance(v, torch.Tensor)})
+
+
+def resume_candidates(run_dir: str) -> list[str]:
+    """The periodic checkpoints `--resume auto` tries, in order: newest first those of the latest run (the one
+    that wrote the run record) and those of no known run, then the checkpoint that run branched from, then
+    other runs' newest first."""
+    found = list(reversed(periodic_checkpoints(run_dir)))
+    record = read_run_record(run_dir)
+    if not record:
+        return found
+    latest = [path for path in found if checkpoint_run(path) in (record["run"], None)]
+    origin = (record.get("parent") or {}).get("path")
+    origin = [origin] if origin in found and origin not in latest else []
+    return latest + origin + [path for path in found if path not in latest + origin]
 
 
 def resumable_checkpoint(run_dir: str) -> str | None:
-    """The newest periodic checkpoint of `run_dir` that loads and is finite; the others are named in the log."""
-    for path in reversed(periodic_checkpoints(run_dir)):
+    """The first of `resume_candidates` that loads and is finite; the others are named in the log."""
+    return resumable_and_rejected(run_dir)[0]
+
+
+def resumable_and_rejected(run_dir: str) -> tuple[str | None, list[str]]:
+    """(the checkpoint `--resume auto` continues or None, the files it skipped on the way, each named in the log)."""
+    rejected = []
+    for path in resume_candidates(run_dir):
         problem = why_not_resumable(path)
         if problem is None:
-            return path
+            return path, rejected
         log.warning("--resume auto: skipping %s: %s", path, problem)
-    return None
+        rejected.append(path)
+    return None, rejected
 
 
+# The data a run trains and validates on: its folders, and its split.
+DATA_FOLDERS = ("dataset.audio_data_dir", "dataset.image_data_dir", "dataset.meta_file", "dataset.list_dir",
+                "dataset.lmdb_dir")
+DATA_KEYS = (*DATA_FOLDERS, "dataset.split_ranges", "dataset.split_file")
 # Keys that change what resuming continues: the model, the global batch and the schedule.
 RESUME_KEYS = ("seed", "models.embedding_dim", "models.face.units", "models.face.widths", "models.face.se",
                "models.face.head_hidden", "models.voice.layers", "models.voice.filters", "models.voice.n_mels",
                "models.voice.head_hidden", "training.batch_size", "training.max_iter", "training.lr",
                "training.lr_steps", "training.lr_gamma", "training.momentum", "training.weight_decay",
                "training.crop_seconds", "training.regauge_iter", "training.warm_up", "training.weight_update_iter",
-               "training.weighted_enabled", "training.H", "training.temp", "training.m_u", "training.m_l")
+               "training.weighted_enabled", "training.H", "training.temp", "training.m_u", "training.m_l",
+               *DATA_KEYS)
+# Keys whose change (set with --opts) continues the same run: a longer schedule, the data moved elsewhere.
+# Any other change of RESUME_KEYS starts a branch of its own.
+CONTINUING_KEYS = ("training.max_iter", *DATA_FOLDERS)
 
 
 def _value(tree: dict, key: str):
@@ -168,13 +230,14 @@ def _value(tree: dict, key: str):
     return tree
 
 
-def check_resume_config(saved: dict | None, cfg, overridden: set[str], path: str) -> None:
-    """Refuse to resume with a model, batch or schedule other than the checkpoint's, unless set with --opts."""
+def check_resume_config(saved: dict | None, cfg, overridden: set[str], path: str) -> list[str]:
+    """Refuse to resume with a model, batch, schedule or data other than the checkpoint's, unless set with
+    --opts; returns the keys changed that way."""
     if not saved:
-        return
+        return []
     current = config_to_dict(cfg)
     changed = [k for k in RESUME_KEYS if _value(saved, k) != _value(current, k)]
-    changed_silently = [k for k in changed if k not in overridden]
+    changed_silently = [k for k in changed if not any(o == k or o.startswith(k + ".") for o in overridden)]
     if changed_silently:
         details = ", ".join(f"{k} (checkpoint {_value(saved, k)!r}, config {_value(current, k)!r})"
                             for k in changed_silently)
@@ -182,3 +245,47 @@ def check_resume_config(saved: dict | None, cfg, overridden: set[str], path: str
                               "checkpoint's values, or set the new ones explicitly with --opts")
     if changed:
         log.warning("resuming %s with changed %s (set with --opts)", path, ", ".join(changed))
+    return changed
+
+
+class OtherRunInFolder(UserError):
+    """A fresh run was started in a folder that holds another run's checkpoints."""
+
+
+BEST_NAME = "checkpoint_best.pth.tar"
+
+
+def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, changed: list[str],
+              resume_requested: bool) -> str:
+    """This run's id, once its checkpoint and pretrained files have loaded (rank 0); config.yaml and the run
+    record written.
+
+    A fresh run gets a new id and refuses a folder holding checkpoints unless a resume was asked for. A resumed
+    run continues the checkpoint's id when the checkpoint is the newest of its run in the folder and nothing but
+    CONTINUING_KEYS changed; otherwise it is a branch with a new id, its parent recorded.
+    """
+    if resumed is None:
+        found = [os.path.basename(p) for p in periodic_checkpoints(folder) + [os.path.join(folder, BEST_NAME)]
+                 if os.path.isfile(p)]
+        if found and not resume_requested:
+            shown = ", ".join(found[:5]) + (f", ... ({len(found)} in all)" if len(found) > 5 else "")
+            raise OtherRunInFolder(f"{folder} holds the checkpoints of an earlier run ({shown}); continue it with "
+                                   "--resume auto, or give this run another exp_name")
+        run_id, parent = secrets.token_hex(4), None
+    else:
+        line, iteration = checkpoint.get("run"), checkpoint["iteration"]
+        newer = [p for p in periodic_checkpoints(folder) if checkpoint_iteration(p) > iteration
+                 and checkpoint_run(p) == line]
+        branching = [k for k in changed if k not in CONTINUING_KEYS]
+        if line is None or newer or branching:
+            run_id = secrets.token_hex(4)
+            parent = {"run": line, "iteration": iteration, "path": os.path.abspath(resumed)}
+            why = (f"newer checkpoints of run {line} exist: {', '.join(os.path.basename(p) for p in newer)}"
+                   if newer else f"changed {', '.join(branching)}" if branching else "the checkpoint names no run")
+            log.info("branch %s from %s (iteration %d): %s", run_id, resumed, iteration, why)
+        else:
+            record = read_run_record(folder) or {}
+            run_id, parent = line, record.get("parent") if record.get("run") == line else None
+    write_run_config(cfg, folder)
+    write_run_record(folder, run_id, parent)
+    return run_id
