@@ -250,14 +250,23 @@ def _load_equilibrium(equilibrium: nn.Module, entries: dict[str, torch.Tensor], 
     _load_entries(equilibrium, entries, list(own), path)
 
 
-def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None = None) -> dict:
-    """Restore `model` (and `equilibrium`, when given) from our checkpoint or the released one.
-
-    Returns the raw checkpoint dict (optimizer, iteration, RNG states... are the caller's business).
-    """
+def read_checkpoint(path: str) -> dict:
+    """The content of a checkpoint file (any layout load_checkpoint reads); one-line errors naming it."""
     checkpoint = _read(path)
     if not isinstance(checkpoint, dict):
         raise ValueError(f"{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
+    return checkpoint
+
+
+def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None = None,
+                    checkpoint: dict | None = None) -> dict:
+    """Restore `model` (and `equilibrium`, when given) from our checkpoint or the released one.
+
+    `checkpoint`: the file's content when the caller has read it already (read_checkpoint). Returns the raw
+    checkpoint dict (optimizer, iteration, RNG states... are the caller's business).
+    """
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path)
     if checkpoint.get("format") == OWN_FORMAT:
         weights, stripped = _strip_data_parallel(checkpoint["model"])
         layout = _with_prefix_note("this project's checkpoint", stripped)
