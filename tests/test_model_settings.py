@@ -75,6 +75,7 @@ def test_explicit_config_settings_refuse_other_weights_and_warn_for_inputs(narro
         "models.face.units", "models.face.widths", "models.face.se", "models.face.head_hidden"]
 
 
+@pytest.mark.slow
 def test_test_py_on_own_files_with_another_width_and_the_explicit_flag(narrow):
     command = [sys.executable, os.path.join(ROOT, "test.py"), "--cfg", SYNTHETIC, "--opts",
                *tiny_opts(narrow["root"]), f"testing.checkpoint={narrow['path']}", "device=cpu",
