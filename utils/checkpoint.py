@@ -1,7 +1,8 @@
 """Checkpoints: our own format, the authors' released checkpoint, and the public pretrained backbones.
 
 Our format is `{'format': 'aasm', 'iteration', 'model', 'equilibrium', 'optimizer', 'scaler', 'best_val',
-'val_history', 'rng', 'config'}`, with `model`/`equilibrium` the modules' own state_dicts. Files are read with
+'val_history', 'rng', 'config', 'model_settings', 'training_data'}`, with `model`/`equilibrium` the modules' own
+state_dicts (utils/model_settings.py reads what the last two record). Files are read with
 `torch.load(weights_only=True)`: tensors, numbers, strings, lists, tuples and dicts only.
 
 The release stores `{'start_it', 'stage', 'state_dict', 'optimizer'}`; its state_dict names the face
