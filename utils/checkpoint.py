@@ -255,7 +255,7 @@ def read_checkpoint(path: str) -> dict:
     """The content of a checkpoint file (any layout load_checkpoint reads); one-line errors naming it."""
     checkpoint = _read(path)
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
+        raise CheckpointError(f"{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
     return checkpoint
 
 
