@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from utils.distributed import check_device, device_of
 from utils.errors import UserError
 from utils.features import (Features, FeaturesError, as_arrays, check_embeddings, load_features_file,
                             save_features_file)
+from utils.model_settings import build_from_checkpoint, checkpoint_config, explicit_settings
 from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 
@@ -57,8 +59,9 @@ def checkpoint_of(cfg) -> str:
     return path
 
 
-def provenance(cfg, checkpoint: str) -> dict:
-    """What embeddings depend on: the checkpoint's content (sha256) and the config of model and inputs.
+def provenance(cfg, checkpoint: str, explicit: Sequence[str] = ()) -> dict:
+    """What embeddings depend on: the checkpoint's content (sha256), the config of model and inputs, and which
+    model settings are taken from the config rather than the checkpoint (`explicit`, utils/model_settings.py).
 
     The path is recorded for the messages only: the same bytes elsewhere make the same embeddings.
     """
@@ -69,6 +72,7 @@ def provenance(cfg, checkpoint: str) -> dict:
         "config": {"split": cfg.testing.split, "models": config_to_dict(cfg.models),
                    "dataset": {k: cfg.dataset[k] for k in ("lmdb_dir", "image_size", "store_image_size",
                                                            "sample_rate", "clip_seconds")}},
+        "model_settings_from_config": sorted(explicit),
     }
 
 
@@ -154,16 +158,16 @@ def store_keys(cfg, files: dict[str, list[str]]) -> dict[str, list[str]]:
 
 
 def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: dict, path: str) -> Features:
-    """Embed `files` (by modality) with the checkpoint's model; cache them at `path`."""
-    from models import build_model
-    from utils.checkpoint import load_checkpoint
+    """Embed `files` (by modality) with the checkpoint's model; cache them at `path`.
+
+    The model has the checkpoint's settings but those `source` says come from the config, and the sample rate
+    (the stores hold the audio at the config's)."""
     from utils.evaluation import embed
 
     keys = files["voice"] + files["face"]
     ids, genders = identities_of(cfg, keys)
     device = device_of(cfg.device)
-    model = build_model(cfg.models, cfg.dataset.sample_rate)
-    load_checkpoint(model, checkpoint)
+    model, cfg = build_from_checkpoint(cfg, checkpoint, [*source["model_settings_from_config"], "dataset.sample_rate"])
     model.to(device).eval()
     stored = store_keys(cfg, files)  # the lists' keys, or their other name form where the store has that
     embeddings = torch.cat([embed(model, cfg, stored[m], m, device) for m in ("voice", "face")])
@@ -173,11 +177,14 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     return Features(dict(zip(keys, range(len(keys)))), embeddings.numpy(), np.array(ids, np.int64), source)
 
 
-def model_features(cfg, lists: list[ListSpec], checkpoint: str) -> Features:
-    """The embeddings of the checkpoint's model: the cache when it is the same model's, else extracted."""
+def model_features(cfg, lists: list[ListSpec], checkpoint: str, explicit: Sequence[str] = ()) -> Features:
+    """The embeddings of the checkpoint's model: the cache when it is the same model's, else extracted.
+
+    The model is built with the checkpoint's settings, except the `explicit` keys (utils/model_settings.py).
+    """
     require(cfg, "dataset.lmdb_dir")
     path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.pt")
-    source = provenance(cfg, checkpoint)
+    source = provenance(cfg, checkpoint, explicit)
     keys = read_lists(cfg.dataset.list_dir, lists)
     files = files_by_modality(lists, keys)
     cached = reusable_cache(path, source, set(files["voice"]) | set(files["face"]))
@@ -211,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
     parser.add_argument("--output", metavar="FILE",
                         help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV")
+    parser.add_argument("--model-from-config", action="store_true",
+                        help="build the encoders from the config's models.* (and dataset.sample_rate / image_size), "
+                             "not from the settings the checkpoint records")
     try_files.add_arguments(parser)
     return parser
 
@@ -247,16 +257,18 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     cfg = load_config(args.cfg, args.opts)
+    explicit = explicit_settings(args.opts, args.model_from_config)  # model settings to take from the config
     if not args.features:
         check_device(cfg.device)
     check_outputs(args, cfg)
     if args.compare:
         from utils.compare import compare
 
-        return compare(cfg, args.compare, args.output, lambda c, lists: model_features(c, lists, checkpoint_of(c)),
-                       args.cfg)
+        return compare(cfg, args.compare, args.output,
+                       lambda c, lists: model_features(c, lists, checkpoint_of(c), explicit), args.cfg)
     if try_files.requested(args, parser):
-        try_files.run(args, cfg, checkpoint_of(cfg))
+        checkpoint = checkpoint_of(cfg)
+        try_files.run(args, checkpoint_config(cfg, checkpoint, explicit), checkpoint)
         return []
     require(cfg, "dataset.list_dir")
     split = cfg.testing.split
@@ -272,7 +284,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
         features = as_arrays(load_features_file(args.features), args.features)
         features.source = {"features_file": os.path.abspath(args.features), **features.source}
     else:
-        features = model_features(cfg, lists, checkpoint)
+        features = model_features(cfg, lists, checkpoint, explicit)
     results = evaluate(features, cfg.dataset.list_dir, lists, cfg.testing.bootstrap, cfg.testing.ci_seed)
     table = format_table(results, f"{cfg.exp_name}, {split} split")
     print(table)

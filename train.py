@@ -22,6 +22,7 @@ import torch
 from easydict import EasyDict
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
@@ -357,15 +358,61 @@ def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> Non
         writer.add_histogram("equilibrium/weights", weights.cpu().numpy(), iteration)
 
 
+def bcr_in_total(iteration: int, cfg_training) -> bool:
+    """Whether the iteration's total loss includes λ·BCR (losses/reference.iteration_loss)."""
+    return cfg_training.objective == "aasm" and cfg_training.bcr_enabled and iteration >= cfg_training.regauge_iter
+
+
+def loss_terms_line(total: float, values: dict[str, float], iteration: int, cfg_training) -> str:
+    """`loss 9.5 = AaSM cross 3.1 + face 3.2 + voice 3.2 (BCR 0.41, ...)`: the total and the terms it sums."""
+    if cfg_training.objective == "infonce":
+        return (f"loss {total:.4f} = InfoNCE cross {values['infonce_cross']:.4f} + face {values['infonce_face']:.4f} "
+                f"+ voice {values['infonce_voice']:.4f}")
+    line = (f"loss {total:.4f} = AaSM cross {values['aasm_cross']:.4f} + face {values['aasm_face']:.4f} "
+            f"+ voice {values['aasm_voice']:.4f}")
+    if bcr_in_total(iteration, cfg_training):
+        return line + f" + λ {cfg_training.regauge_weight:g} × BCR {values['regauge']:.4f}"
+    note = (f"added from iteration {cfg_training.regauge_iter}" if cfg_training.bcr_enabled
+            else "not added: training.bcr_enabled false")
+    return line + f" (BCR {values['regauge']:.4f}, {note})"
+
+
+def duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+def progress_line(iteration: int, first: int, last: int, elapsed: float) -> str:
+    """Throughput since the run (or resume) started, elapsed time and the time left to iteration `last`."""
+    rate = (iteration - first + 1) / max(elapsed, 1e-9)
+    return (f"{rate:.2f} it/s, elapsed {duration(elapsed)}, "
+            f"remaining {duration(max(last - iteration, 0) / rate)}")
+
+
 def log_iteration(writer, bar, iteration: int, loss: torch.Tensor, terms: dict, lr: float,
-                  skipped_steps: torch.Tensor | None) -> None:
-    for name, value in terms.items():
-        writer.add_scalar(f"loss/{name}", float(value), iteration)
-    writer.add_scalar("loss/total", float(loss.detach()), iteration)
+                  skipped_steps: torch.Tensor | None, cfg_training, first: int, elapsed: float) -> None:
+    """tensorboard scalars, the progress bar and one train.log line (README, Training)."""
+    values = {name: float(value) for name, value in terms.items()}
+    total = float(loss.detach())
+    for name, value in values.items():
+        writer.add_scalar(f"loss/{name}", value, iteration)
+    writer.add_scalar("loss/total", total, iteration)
     writer.add_scalar("lr", lr, iteration)
+    skipped = ""
     if skipped_steps is not None:
         writer.add_scalar("amp/skipped_steps", int(skipped_steps), iteration)
-    bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.0e}")
+        skipped = f", fp16 steps skipped {int(skipped_steps)}"
+    bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.0e}")
+    log.info("iteration %d/%d: lr %.4g, %s, rank accuracy %.3f%s; %s", iteration, cfg_training.max_iter, lr,
+             loss_terms_line(total, values, iteration, cfg_training), values["rank_accuracy"], skipped,
+             progress_line(iteration, first, cfg_training.max_iter, elapsed))
+
+
+def log_bcr_switch(iteration: int, cfg_training) -> None:
+    """One line where the total loss starts to include λ·BCR: the jump of the logged loss there is that term."""
+    if bcr_in_total(iteration, cfg_training) and iteration == cfg_training.regauge_iter:
+        log.info("iteration %d: BCR switches on (training.regauge_iter): from here the total loss includes "
+                 "λ·BCR = %g × BCR, so the logged loss jumps by that term", iteration, cfg_training.regauge_weight)
 
 
 def optimizer_step(state: TrainState, loss: torch.Tensor, skipped_steps: torch.Tensor | None) -> None:
@@ -449,7 +496,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     interrupted = False
     state.model.train()
     t0 = time.time()
-    with StopSignals() as signals, bar:
+    with StopSignals() as signals, bar, logging_redirect_tqdm():  # log lines above the bar, not through it
         for iteration in range(start, last + 1 if last is not None else sys.maxsize):
             try:
                 batch = next(batches)
@@ -466,6 +513,8 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
             watch.update({"loss": loss, **{k: v for k, v in terms.items() if k not in NOT_A_LOSS_TERM}}, iteration)
             if refreshed and ctx.is_main:
                 log_refresh(state.equilibrium, iteration, writer)
+            if ctx.is_main:
+                log_bcr_switch(iteration, tcfg)
             optimizer_step(state, loss, skipped_steps)
             state.iteration = iteration
             bar.update(1)
@@ -477,7 +526,8 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
             if logging_now or validating or end or saving:
                 watch.check()  # the loss is identical on every rank, so every rank stops alike
                 if logging_now and ctx.is_main:
-                    log_iteration(writer, bar, iteration, loss, terms, lr, skipped_steps)
+                    log_iteration(writer, bar, iteration, loss, terms, lr, skipped_steps, tcfg, start,
+                                  time.time() - t0)
             if validating or end:
                 validate_and_keep_best(state, folder, cfg, ctx, device, writer)
                 if last is None and iteration >= tcfg.max_iter and plateaued(state.history, tcfg.plateau_patience):

@@ -1,4 +1,4 @@
-"""What a result came from: checksums of the lists and a summary of the stores.
+"""What a result came from: checksums of the lists, a summary of the stores, the corpus a model was trained on.
 
 `data.prepare` writes `<list_dir>/lists.sha256` in sha256sum format (`cd list_dir && sha256sum -c
 lists.sha256` verifies it); test.py records each list's line count and sha256 in its results JSON,
@@ -15,6 +15,9 @@ from utils.files import atomic_write
 
 CHECKSUM_FILE = "lists.sha256"
 CHUNK = 1 << 20
+SYNTHETIC_CORPUS = "embedded synthetic corpus"
+# Corpora known by their meta file's name; any other is named by the meta file's folder.
+CORPUS_OF_META = {"vox1_meta.csv": "VoxCeleb1"}
 
 
 def file_digest(path: str) -> tuple[int, str]:
@@ -41,3 +44,15 @@ def store_summary(path: str) -> dict:
     """A store's path and what its store.json says it holds (files stored, skipped, fingerprint of the keys)."""
     info = _read_info(path)
     return {"path": os.path.abspath(path), **{k: info.get(k) for k in ("stored", "skipped", "fingerprint")}}
+
+
+def training_data(cfg) -> dict:
+    """Where a run's training data came from, as its checkpoints record it: the embedded synthetic corpus (its
+    size and seed), or the corpus's name and the sha256 of its meta file (None when the file is not there)."""
+    d = cfg.dataset
+    if d.synthetic.root:
+        return {"corpus": SYNTHETIC_CORPUS, "identities": d.synthetic.identities, "seed": d.synthetic.seed}
+    name = os.path.basename(d.meta_file)
+    corpus = CORPUS_OF_META.get(name) or os.path.basename(os.path.dirname(os.path.abspath(d.meta_file)))
+    digest = file_digest(d.meta_file)[1] if os.path.isfile(d.meta_file) else None
+    return {"corpus": corpus, "meta_file": name, "meta_file_sha256": digest}

@@ -1,7 +1,8 @@
 """Checkpoints: our own format, the authors' released checkpoint, and the public pretrained backbones.
 
 Our format is `{'format': 'aasm', 'iteration', 'model', 'equilibrium', 'optimizer', 'scaler', 'best_val',
-'val_history', 'rng', 'config'}`, with `model`/`equilibrium` the modules' own state_dicts. Files are read with
+'val_history', 'rng', 'config', 'model_settings', 'training_data'}`, with `model`/`equilibrium` the modules' own
+state_dicts (utils/model_settings.py reads what the last two record). Files are read with
 `torch.load(weights_only=True)`: tensors, numbers, strings, lists, tuples and dicts only.
 
 The release stores `{'start_it', 'stage', 'state_dict', 'optimizer'}`; its state_dict names the face
@@ -203,7 +204,7 @@ def read_checkpoint(path: str, config_key: str | None = None) -> dict:
     if os.path.getsize(path) == 0:
         raise CheckpointError(f"{where}{path}: empty file (0 bytes), not a checkpoint")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except PermissionError as e:
         raise CheckpointError(f"{where}{path}: cannot read: {e.strerror}") from None
     except Exception as e:  # torch's messages name neither the file nor, for pickles, what was refused
@@ -215,6 +216,9 @@ def read_checkpoint(path: str, config_key: str | None = None) -> dict:
         lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith(boilerplate)]
         detail = f"{type(e).__name__}: {lines[0].split('. ')[0]}" if lines else type(e).__name__
         raise CheckpointError(f"{where}{path}: truncated or corrupt, not a readable checkpoint ({detail})") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{where}{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
+    return checkpoint
 
 
 def _load_released(model: nn.Module, state_dict: dict[str, torch.Tensor], equilibrium: nn.Module | None,
@@ -251,14 +255,15 @@ def _load_equilibrium(equilibrium: nn.Module, entries: dict[str, torch.Tensor], 
     _load_entries(equilibrium, entries, list(own), path)
 
 
-def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None = None) -> dict:
+def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None = None,
+                    checkpoint: dict | None = None) -> dict:
     """Restore `model` (and `equilibrium`, when given) from our checkpoint or the released one.
 
-    Returns the raw checkpoint dict (optimizer, iteration, RNG states... are the caller's business).
+    `checkpoint`: the file's content when the caller has read it already (read_checkpoint). Returns the raw
+    checkpoint dict (optimizer, iteration, RNG states... are the caller's business).
     """
-    checkpoint = read_checkpoint(path)
-    if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path}: not a checkpoint (expected a dict, got {type(checkpoint).__name__})")
+    if checkpoint is None:
+        checkpoint = read_checkpoint(path)
     if checkpoint.get("format") == OWN_FORMAT:
         weights, stripped = _strip_data_parallel(checkpoint["model"])
         layout = _with_prefix_note("this project's checkpoint", stripped)

@@ -50,21 +50,22 @@ class VoiceFaceMatcher:
 
     @classmethod
     def load(cls, cfg: str | EasyDict, checkpoint: str, opts: Sequence[str] = (), device: str | None = None,
-             detect_faces: bool = False) -> VoiceFaceMatcher:
+             detect_faces: bool = False, model_from_config: bool = False) -> VoiceFaceMatcher:
         """Encoders built from a config (a YAML path with `opts` overrides, or a loaded config), weights from
         `checkpoint` (ours or the released layout); `detect_faces` crops the largest face of each photo first.
 
+        The encoders have the model settings the checkpoint records (models.*, dataset.sample_rate / image_size),
+        except those `opts` set and, with `model_from_config`, all of them (utils/model_settings.py).
+
         >>> matcher = VoiceFaceMatcher.load("config/synthetic.yaml", "experiments/synthetic/checkpoint_best.pth.tar")
         """
-        from models import build_model
-        from utils.checkpoint import load_checkpoint
         from utils.config import load_config
         from utils.distributed import device_of
+        from utils.model_settings import build_from_checkpoint, explicit_settings
 
         if isinstance(cfg, str):
             cfg = load_config(cfg, list(opts))
-        model = build_model(cfg.models, cfg.dataset.sample_rate)
-        load_checkpoint(model, checkpoint)
+        model, cfg = build_from_checkpoint(cfg, checkpoint, explicit_settings(opts, model_from_config))
         return cls(model, cfg, device_of(device or cfg.device), detect_faces)
 
     def read(self, paths: Iterable[str], modality: str, skipped: list[Skipped] | None = None

@@ -1,7 +1,8 @@
 """Everything a training run needs to continue exactly: one TrainState, saved and restored as a whole.
 
 A checkpoint is `{'format': 'aasm', 'iteration', 'model', 'equilibrium', 'optimizer', 'scaler', 'best_val',
-'val_history', 'rng', 'config'}` (see utils/checkpoint.py). Nothing non-finite is ever saved, and
+'val_history', 'rng', 'config', 'model_settings', 'training_data'}` (see utils/checkpoint.py,
+utils/model_settings.py). Nothing non-finite is ever saved, and
 `--resume auto` takes the newest periodic checkpoint that loads and is finite.
 """
 from __future__ import annotations
@@ -17,11 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from data.provenance import training_data
 from utils import distributed
 from utils.checkpoint import (OWN_FORMAT, checkpoint_iteration, checkpoint_run, load_checkpoint, periodic_checkpoints,
                               read_checkpoint, save_checkpoint)
 from utils.config import config_to_dict
 from utils.errors import CheckpointError, UserError
+from utils.model_settings import model_settings, setting
 from utils.run_folder import read_run_record, write_run_config, write_run_record
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,8 @@ class TrainState:
         return {"format": OWN_FORMAT, "iteration": self.iteration, "model": self.model.state_dict(),
                 "equilibrium": self.equilibrium.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "best_val": self.best_val, "val_history": self.history,
-                "rng": rng, "config": config_to_dict(cfg), "run": self.run_id}
+                "rng": rng, "config": config_to_dict(cfg), "model_settings": model_settings(cfg),
+                "training_data": training_data(cfg), "run": self.run_id}
 
     def save(self, path: str, rng: list[dict], cfg) -> None:
         """Write the checkpoint atomically, unless a parameter or buffer is NaN/inf or the weights diverged."""
@@ -222,24 +226,16 @@ RESUME_KEYS = ("seed", "models.embedding_dim", "models.face.units", "models.face
 CONTINUING_KEYS = ("training.max_iter", *DATA_FOLDERS)
 
 
-def _value(tree: dict, key: str):
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
-
-
 def check_resume_config(saved: dict | None, cfg, overridden: set[str], path: str) -> list[str]:
     """Refuse to resume with a model, batch, schedule or data other than the checkpoint's, unless set with
     --opts; returns the keys changed that way."""
     if not saved:
         return []
     current = config_to_dict(cfg)
-    changed = [k for k in RESUME_KEYS if _value(saved, k) != _value(current, k)]
+    changed = [k for k in RESUME_KEYS if setting(saved, k) != setting(current, k)]
     changed_silently = [k for k in changed if not any(o == k or o.startswith(k + ".") for o in overridden)]
     if changed_silently:
-        details = ", ".join(f"{k} (checkpoint {_value(saved, k)!r}, config {_value(current, k)!r})"
+        details = ", ".join(f"{k} (checkpoint {setting(saved, k)!r}, config {setting(current, k)!r})"
                             for k in changed_silently)
         raise CheckpointError(f"{path}: the config differs from the checkpoint's in {details}; resume with the "
                               "checkpoint's values, or set the new ones explicitly with --opts")
