@@ -34,7 +34,7 @@ import torch
 
 from data.lists import DIRECTIONS, ListSpec, check_keys, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE
-from data.provenance import file_digest, store_summary
+from data.provenance import changed_lists, file_digest, store_summary
 from utils import metrics, try_files
 from utils.config import OPTS_HELP, config_to_dict, load_config, run_dir
 from utils.distributed import device_of
@@ -113,12 +113,12 @@ def files_by_modality(lists: list[ListSpec], keys: dict[str, np.ndarray | list[n
 def check_stores(cfg, lists: list[ListSpec], keys: dict[str, np.ndarray | list[np.ndarray]]) -> None:
     """Every file the lists name is in the stores, in either name form (before any embedding): else name the
     list, line and key."""
+    from data.datasets import open_store
     from data.layout import resolve_rows
-    from data.lmdb_store import LmdbStore
     from data.splits import read_split
 
     identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
-    stores = [LmdbStore(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)]
+    stores = [open_store(cfg, name) for name in (AUDIO_STORE, FACE_STORE)]
     known = np.concatenate([np.asarray(s.keys(), dtype=str) for s in stores])
     for t in lists:
         check_keys(list_path(cfg.dataset.list_dir, t.name), resolve_rows(keys[t.name], known, identities), *stores)
@@ -138,13 +138,13 @@ def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
 
 def store_keys(cfg, files: dict[str, list[str]]) -> dict[str, list[str]]:
     """The store key of every list key, by modality (data/layout.py: either name form resolves)."""
+    from data.datasets import open_store
     from data.layout import resolve_keys
-    from data.lmdb_store import LmdbStore
     from data.splits import read_split
 
     identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
     stores = {"voice": AUDIO_STORE, "face": FACE_STORE}
-    return {m: resolve_keys(keys, LmdbStore(os.path.join(cfg.dataset.lmdb_dir, stores[m])).keys(),
+    return {m: resolve_keys(keys, open_store(cfg, stores[m]).keys(),
                             identities).tolist() for m, keys in files.items()}
 
 
@@ -228,6 +228,10 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
         raise metrics.ListError(f"list file not found: {missing[0]} ({len(missing)} of the {len(lists)} test lists "
                                 f"missing); generate them with `python -m data.prepare --cfg {args.cfg}` or unzip "
                                 "the authors' gen_list.zip into the folder of config key dataset.list_dir")
+    for path in changed_lists(cfg.dataset.list_dir, paths):
+        print(f"warning: {path} differs from the checksum data.prepare recorded in "
+              f"{os.path.join(cfg.dataset.list_dir, 'lists.sha256')} (edited since?); run data.prepare to check it "
+              "against the stores and record it", file=sys.stderr)
     if args.features:
         features = as_arrays(load_features_file(args.features), args.features)
         features.source = {"features_file": os.path.abspath(args.features), **features.source}
