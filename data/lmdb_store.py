@@ -439,7 +439,7 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Encoder, params
     (it is rebuilt). `skipped` lists inputs already known to be unusable (missing folders): they are
     reported with the files that fail to encode. The encoders' notes on stored files are printed
     and kept in notes.tsv. A write that fails (a full disk) is a WriteError naming the store.
-    `source_dir` (the raw folder) is recorded in store.json; a partial build of another source is not resumed.
+    `source_dir` (the raw folder) is recorded in store.json; a partial build from another one is not resumed.
     """
     partial_dir = path + ".partial"
     try:
@@ -462,7 +462,7 @@ def _build(path: str, partial_dir: str, items: list[tuple[str, str]], encode: En
         shutil.rmtree(path)
         info = {}
     retry = {s for s, stamp in info.get("skipped_stamps", {}).items() if _stamp(s) != stamp}
-    if info.get("params") == params and info.get("source", source_dir) == source_dir:
+    if info.get("params") == params:
         if info.get("fingerprint") == fingerprint and not retry:
             return BuildReport(path, info["stored"], _read_tsv(os.path.join(path, SKIPPED_FILE)),
                                _read_tsv(os.path.join(path, NOTES_FILE)))

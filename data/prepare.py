@@ -177,15 +177,15 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
 
 
 def refuse_another_store(path: str, params: dict, source: str, root_key: str) -> None:
-    """A complete store at `path` built with other settings or from another raw folder is not overwritten:
-    StoreError naming what differs."""
+    """A complete store at `path` built with other settings, or from another raw folder that still exists (one
+    that is gone is taken for the same data moved), is not overwritten: StoreError naming what differs."""
     info = read_info(path)
     if not info or not os.path.exists(os.path.join(path, "data.mdb")):
         return
     mismatch = settings_mismatch(path, params)
     if mismatch:
         raise mismatch
-    if info.get("source", source) != source:
+    if info.get("source", source) != source and os.path.isdir(info["source"]):
         raise StoreError(f"LMDB store {path} was built from {info['source']}, not from {source} (config key "
                          f"{root_key}): set dataset.lmdb_dir to another folder, or delete the store to rebuild it")
 
