@@ -113,12 +113,12 @@ def files_by_modality(lists: list[ListSpec], keys: dict[str, np.ndarray | list[n
 def check_stores(cfg, lists: list[ListSpec], keys: dict[str, np.ndarray | list[np.ndarray]]) -> None:
     """Every file the lists name is in the stores, in either name form (before any embedding): else name the
     list, line and key."""
-    from data.datasets import open_store
     from data.layout import resolve_rows
+    from data.lmdb_store import LmdbStore
     from data.splits import read_split
 
     identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
-    stores = [open_store(cfg, name) for name in (AUDIO_STORE, FACE_STORE)]
+    stores = [LmdbStore(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)]
     known = np.concatenate([np.asarray(s.keys(), dtype=str) for s in stores])
     for t in lists:
         check_keys(list_path(cfg.dataset.list_dir, t.name), resolve_rows(keys[t.name], known, identities), *stores)
@@ -138,13 +138,13 @@ def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
 
 def store_keys(cfg, files: dict[str, list[str]]) -> dict[str, list[str]]:
     """The store key of every list key, by modality (data/layout.py: either name form resolves)."""
-    from data.datasets import open_store
     from data.layout import resolve_keys
+    from data.lmdb_store import LmdbStore
     from data.splits import read_split
 
     identities = read_split(cfg.dataset.list_dir, cfg.testing.split)
     stores = {"voice": AUDIO_STORE, "face": FACE_STORE}
-    return {m: resolve_keys(keys, open_store(cfg, stores[m]).keys(),
+    return {m: resolve_keys(keys, LmdbStore(os.path.join(cfg.dataset.lmdb_dir, stores[m])).keys(),
                             identities).tolist() for m, keys in files.items()}
 
 
