@@ -4,7 +4,10 @@ One store per modality: `<lmdb_dir>/audio.lmdb` holds int16 PCM (little-endian, 
 most the 10 s the method reads) and `<lmdb_dir>/face.lmdb` JPEG bytes (optionally pre-resized).
 The builder writes into `<store>.partial`, resumes from it after an interruption, and renames it
 to `<store>` only when every file has been stored or skipped: a store that exists is complete.
-Bad raw files never stop a build; each is skipped and reported with its reason.
+Bad raw files never stop a build; each is skipped and reported with its reason. store.json records
+the build's settings, its source folder, the entry count and a digest of the contents: a reader refuses a
+store shorter than its pages (reading past the end would kill it with SIGBUS) or holding another count,
+damaged pages met while reading are a StoreError naming the store, and `verify_store` checks every value.
 """
 from __future__ import annotations
 
