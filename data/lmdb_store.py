@@ -425,7 +425,11 @@ def _key_reason(key: str) -> str | None:
 def _disk_full(folder: str, error: Exception) -> WriteError:
     """A failed write of a build as one line naming the folder (LMDB reports ENOSPC as an I/O error)."""
     why = getattr(error, "strerror", None) or str(error)
-    if getattr(error, "errno", None) == errno.ENOSPC or shutil.disk_usage(folder).free < FULL_DISK_MARGIN:
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = FULL_DISK_MARGIN
+    if getattr(error, "errno", None) == errno.ENOSPC or free < FULL_DISK_MARGIN:
         why = f"No space left on device ({why})" if "No space" not in why else why
     return WriteError(f"could not write {folder}: {why}; free space (or set dataset.lmdb_dir) and run "
                       f"data.prepare again: it resumes")
