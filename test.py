@@ -35,7 +35,7 @@ import torch
 
 from data.lists import DIRECTIONS, ListSpec, check_keys, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE
-from data.provenance import file_digest, store_summary
+from data.provenance import changed_lists, file_digest, store_summary
 from utils import metrics, try_files
 from utils.config import OPTS_HELP, config_to_dict, load_config, require, run_dir
 from utils.distributed import check_device, device_of
@@ -280,6 +280,10 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
         raise metrics.ListError(f"list file not found: {missing[0]} ({len(missing)} of the {len(lists)} test lists "
                                 f"missing); generate them with `python -m data.prepare --cfg {args.cfg}` or unzip "
                                 "the authors' gen_list.zip into the folder of config key dataset.list_dir")
+    for path in changed_lists(cfg.dataset.list_dir, paths):
+        print(f"warning: {path} differs from the checksum data.prepare recorded in "
+              f"{os.path.join(cfg.dataset.list_dir, 'lists.sha256')} (edited since?); run data.prepare to check it "
+              "against the stores and record it", file=sys.stderr)
     if args.features:
         features = as_arrays(load_features_file(args.features), args.features)
         features.source = {"features_file": os.path.abspath(args.features), **features.source}

@@ -16,7 +16,9 @@ import soundfile
 from easydict import EasyDict
 from PIL import Image
 
+from data.datasets import store_params
 from data.layout import FACE, VOICE, as_store_keys, resolve_keys
+from data.lmdb_store import settings_mismatch, verify_store
 from data.lists import list_path
 from data.prepare import EVAL_SPLITS, _Scanner
 from data.splits import (SPLITS, UNUSABLE, Identity, assign_splits, read_meta, read_split_file, split_of_ranges,
@@ -166,6 +168,23 @@ def _compare_with_paper(counts: dict, queries: dict) -> None:
                                                  else f", the paper's list has {paper} ({have - paper:+d})"))
 
 
+def _report_stores(cfg: EasyDict, problems: list[str]) -> None:
+    """Each built store: settings as the config's, and every value as when it was built (reads it all)."""
+    print()
+    for name, params in store_params(cfg).items():
+        path = os.path.join(cfg.dataset.lmdb_dir, name)
+        if not os.path.exists(os.path.join(path, "data.mdb")):
+            print(f"store {name}: absent (data.prepare builds it)")
+            continue
+        damage = verify_store(path)
+        problem = f"LMDB store {path} is damaged ({damage}); run data.prepare to rebuild it" if damage else None
+        mismatch = settings_mismatch(path, params)
+        problem = problem or (str(mismatch) if mismatch else None)
+        print(f"store {name}: " + (problem or "intact, built with the config's settings"))
+        if problem:
+            problems.append(problem)
+
+
 def check(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> bool:
     """Print the report of `splits`; True when nothing a run needs is missing."""
     d = cfg.dataset
@@ -185,6 +204,7 @@ def check(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> bool:
         if split in EVAL_SPLITS:
             usable = [i for i in identities[split] if i.set != UNUSABLE]
             _report_lists(cfg, split, usable, keys, problems, queries)
+    _report_stores(cfg, problems)
     if not d.split_file and {k: list(v) for k, v in d.split_ranges.items()} == VOXCELEB1_RANGES:
         _compare_with_paper(counts, queries)
     print("\n" + ("nothing a run needs is missing" if not problems else

@@ -18,7 +18,7 @@ import torch
 from easydict import EasyDict
 from torch.utils.data import DataLoader, Dataset
 
-from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
+from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore, settings_mismatch
 from data.sampler import IdentityBatchSampler
 from data.splits import Identity, IdentityFiles, read_split, select_keys
 
@@ -29,6 +29,22 @@ MAX_ANGLE = 15  # rotation angles are integers in [-15, 14]
 def clip_samples(cfg: EasyDict) -> int:
     """T = clip_seconds * sample_rate (160,000 for the released config)."""
     return int(round(cfg.dataset.clip_seconds * cfg.dataset.sample_rate))
+
+
+def store_params(cfg: EasyDict) -> dict[str, dict]:
+    """What the values of each store depend on (recorded in its store.json by data.prepare)."""
+    d = cfg.dataset
+    return {AUDIO_STORE: {"kind": "audio", "sample_rate": d.sample_rate, "max_samples": clip_samples(cfg)},
+            FACE_STORE: {"kind": "face", "store_image_size": d.store_image_size}}
+
+
+def open_store(cfg: EasyDict, name: str) -> LmdbStore:
+    """The store `name` of dataset.lmdb_dir; a StoreError when it was built with other settings than the config's."""
+    store = LmdbStore(os.path.join(cfg.dataset.lmdb_dir, name))
+    mismatch = settings_mismatch(store.path, store_params(cfg)[name])
+    if mismatch:
+        raise mismatch
+    return store
 
 
 def tile_clip(clip: np.ndarray, samples: int) -> np.ndarray:
@@ -107,8 +123,8 @@ class TrainDataset(Dataset):
     def __init__(self, cfg: EasyDict):
         d = cfg.dataset
         self.identities = read_split(d.list_dir, "train")
-        self.face_store = LmdbStore(os.path.join(d.lmdb_dir, FACE_STORE))
-        self.voice_store = LmdbStore(os.path.join(d.lmdb_dir, AUDIO_STORE))
+        self.face_store = open_store(cfg, FACE_STORE)
+        self.voice_store = open_store(cfg, AUDIO_STORE)
         self.face_keys = group_keys(self.face_store.keys(), self.identities)
         self.voice_keys = group_keys(self.voice_store.keys(), self.identities)
         for identity, faces, voices in zip(self.identities, self.face_keys, self.voice_keys):
@@ -166,7 +182,7 @@ class EvalDataset(Dataset):
             raise ValueError(f"modality must be 'face' or 'voice', got {modality!r}")
         self.keys = list(keys)
         self.modality = modality
-        self.store = LmdbStore(os.path.join(cfg.dataset.lmdb_dir, FACE_STORE if modality == "face" else AUDIO_STORE))
+        self.store = open_store(cfg, FACE_STORE if modality == "face" else AUDIO_STORE)
         self.image_size = cfg.dataset.image_size
         self.samples = clip_samples(cfg)
 

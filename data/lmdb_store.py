@@ -4,10 +4,15 @@ One store per modality: `<lmdb_dir>/audio.lmdb` holds int16 PCM (little-endian, 
 most the 10 s the method reads) and `<lmdb_dir>/face.lmdb` JPEG bytes (optionally pre-resized).
 The builder writes into `<store>.partial`, resumes from it after an interruption, and renames it
 to `<store>` only when every file has been stored or skipped: a store that exists is complete.
-Bad raw files never stop a build; each is skipped and reported with its reason.
+Bad raw files never stop a build; each is skipped and reported with its reason. store.json records
+the build's settings, its source folder, the entry count and a digest of the contents: a reader refuses a
+store shorter than its pages (reading past the end would kill it with SIGBUS) or holding another count,
+damaged pages met while reading are a StoreError naming the store, and `verify_store` checks every value.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -16,7 +21,7 @@ import shutil
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import Pool
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import lmdb
@@ -26,6 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils.errors import UserError
+from utils.files import WriteError, atomic_write
 
 AUDIO_STORE = "audio.lmdb"
 FACE_STORE = "face.lmdb"
@@ -33,6 +39,8 @@ INFO_FILE = "store.json"  # build parameters and counts, next to data.mdb
 SKIPPED_FILE = "skipped.tsv"  # `source path<TAB>reason` per skipped file
 NOTES_FILE = "notes.tsv"  # `source path<TAB>note` per stored file with something to report (clipped samples)
 MAP_SIZE = 1 << 40  # address space only: the file grows with the data
+FULL_DISK_MARGIN = 16 << 20  # free bytes under which a failed write is put down to a full disk
+MAX_KEY_BYTES = 511  # LMDB's key size limit (lmdb.Environment.max_key_size() of the default build)
 JPEG_QUALITY = 95  # when faces are re-encoded after resizing
 # Integer PCM reads as int16 exactly (its top 16 bits). Everything else (float WAV, lossy codecs) reads as
 # float in [-1, 1], which libsndfile would truncate to 0 as int16: it is scaled by 32768 instead.
@@ -58,6 +66,72 @@ class BadInput(UserError, ValueError):
         return f"{self.path}: {self.reason}"
 
 
+class StoreError(UserError, ValueError):
+    """A store that cannot be read as it was built (truncated, damaged pages) or was built for another config."""
+
+
+def damaged(path: str, why: str) -> StoreError:
+    return StoreError(f"LMDB store {path} is damaged ({why}); run `python -m data.prepare --cfg CFG` "
+                      f"to rebuild it")
+
+
+def environment_damage(env: lmdb.Environment, path: str) -> str | None:
+    """Why an open environment cannot be read safely, or None; reads only its meta pages.
+
+    A data.mdb shorter than its last page would kill the reading process with SIGBUS on first access.
+    """
+    size = os.path.getsize(os.path.join(path, "data.mdb"))
+    needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+    if size < needed:
+        return f"data.mdb holds {size} bytes, its pages need {needed}: truncated"
+    info = read_info(path)
+    if "stored" in info and env.stat()["entries"] != info["stored"]:
+        return f"it holds {env.stat()['entries']} entries, {INFO_FILE} says {info['stored']}"
+    return None
+
+
+def store_damage(path: str) -> str | None:
+    """Why the store (or partial build) at `path` cannot be read or resumed safely, or None (cheap)."""
+    _release(path)  # LMDB refuses a second environment of a file in one process; readers reopen lazily
+    try:
+        env = lmdb.open(path, readonly=True, lock=False)
+    except lmdb.Error as e:
+        return f"not a readable LMDB environment: {e}"
+    try:
+        return environment_damage(env, path)
+    finally:
+        env.close()
+
+
+def content_digest(env: lmdb.Environment) -> str:
+    """sha256 over every (key, value) in key order: equal for equal contents, whatever the page layout."""
+    digest = hashlib.sha256()
+    with env.begin(buffers=True) as txn:
+        for key, value in txn.cursor():
+            digest.update(len(key).to_bytes(4, "little") + bytes(key) + len(value).to_bytes(8, "little"))
+            digest.update(value)
+    return digest.hexdigest()
+
+
+def verify_store(path: str) -> str | None:
+    """Why a built store is damaged, or None: the cheap checks, then every value against the digest in store.json
+    (reads the whole store; --check)."""
+    why = store_damage(path)
+    if why:
+        return why
+    recorded = read_info(path).get("digest")
+    if recorded is None:
+        return None  # built before digests were recorded: the cheap checks are all there is
+    env = lmdb.open(path, readonly=True, lock=False)
+    try:
+        actual = content_digest(env)
+    except lmdb.Error as e:
+        return str(e)
+    finally:
+        env.close()
+    return None if actual == recorded else "its contents differ from the digest recorded when it was built"
+
+
 _ENVIRONMENTS: dict[str, tuple[int, int, lmdb.Environment]] = {}  # real path -> (pid, inode, env)
 
 
@@ -72,7 +146,14 @@ def _environment(path: str) -> lmdb.Environment:
         env.close()  # a forked worker's copy of its parent's handle, or a store rebuilt since
     # lock=False: a built store never changes, so readers need no lock table. Readahead stays
     # on: every read takes a whole value (a clip is up to 320 KB), front to back.
-    env = lmdb.open(real, readonly=True, lock=False, readahead=True, meminit=False)
+    try:
+        env = lmdb.open(real, readonly=True, lock=False, readahead=True, meminit=False)
+    except lmdb.Error as e:
+        raise damaged(path, f"not a readable LMDB environment: {e}") from None
+    why = environment_damage(env, real)
+    if why:
+        env.close()
+        raise damaged(path, why)
     _ENVIRONMENTS[real] = (os.getpid(), inode, env)
     return env
 
@@ -104,25 +185,38 @@ class LmdbStore:
             self._env = _environment(self.path)
             return self._env.begin(buffers=buffers)
 
+    @contextlib.contextmanager
+    def _reading(self, buffers: bool = False) -> Iterator[lmdb.Transaction]:
+        """A read transaction; an LMDB error (a damaged page) becomes a StoreError naming the store."""
+        try:
+            with self._env_txn(buffers) as txn:
+                yield txn
+        except lmdb.Error as e:
+            raise damaged(self.path, str(e)) from None
+
     def __getstate__(self) -> dict:
         return {"path": self.path, "_env": None, "_pid": None}
 
     def keys(self) -> list[str]:
-        with self._env_txn() as txn:
+        with self._reading() as txn:
             return [k.decode() for k in txn.cursor().iternext(keys=True, values=False)]
 
     def __len__(self) -> int:
-        with self._env_txn() as txn:
+        with self._reading() as txn:
             return txn.stat()["entries"]
 
     def __contains__(self, key: str) -> bool:
-        with self._env_txn() as txn:
-            return txn.get(key.encode()) is not None
+        raw = key.encode()
+        if len(raw) > MAX_KEY_BYTES:
+            return False
+        with self._reading() as txn:
+            return txn.get(raw) is not None
 
     def _read(self, key: str, convert: Callable[[memoryview], object]) -> object:
         """convert(value) while the transaction is open: the value is a view into the map, no copy."""
-        with self._env_txn(buffers=True) as txn:
-            value = txn.get(key.encode())
+        raw = key.encode()
+        with self._reading(buffers=True) as txn:
+            value = txn.get(raw) if len(raw) <= MAX_KEY_BYTES else None
             if value is None:
                 raise MissingKeyError(f"key '{key}' is not in the store {self.path}")
             return convert(value)
@@ -134,14 +228,14 @@ class LmdbStore:
         """int16 samples (T,) of a clip."""
         clip = self._read(key, lambda v: None if len(v) % 2 else np.frombuffer(v, "<i2").astype(np.int16))
         if clip is None:
-            raise ValueError(f"{self.path}: the clip '{key}' is not int16 samples (odd byte count)")
+            raise damaged(self.path, f"the clip '{key}' is not int16 samples (odd byte count)")
         return clip
 
     def read_image(self, key: str) -> np.ndarray:
         """uint8 BGR image (H, W, 3)."""
         image = self._read(key, image_of_bytes)
         if image is None:
-            raise ValueError(f"{self.path}: the image '{key}' does not decode")
+            raise damaged(self.path, f"the image '{key}' does not decode")
         return image
 
 
@@ -282,7 +376,7 @@ def _fingerprint(items: list[tuple[str, str]]) -> str:
     return hashlib.sha1("\n".join(sorted(k for k, _ in items)).encode()).hexdigest()
 
 
-def _read_info(path: str) -> dict:
+def read_info(path: str) -> dict:
     try:
         with open(os.path.join(path, INFO_FILE)) as f:
             return json.load(f)
@@ -292,25 +386,91 @@ def _read_info(path: str) -> dict:
 
 def store_is_current(path: str, params: dict) -> bool:
     """A complete store exists at `path` and was built with `params` (cheap: reads store.json)."""
-    return _read_info(path).get("params") == params
+    return read_info(path).get("params") == params
+
+
+# What each build parameter of data/prepare.py is set by, for the messages.
+SETTINGS = {"kind": "the store's modality", "sample_rate": "dataset.sample_rate",
+            "max_samples": "dataset.clip_seconds x dataset.sample_rate", "store_image_size": "dataset.store_image_size"}
+
+
+def settings_mismatch(path: str, params: dict) -> StoreError | None:
+    """A StoreError naming each setting the store at `path` was built with other than `params`, or None."""
+    built = read_info(path).get("params")
+    if built is None:
+        return StoreError(f"LMDB store {path} has no readable {INFO_FILE}: it was not built by data.prepare; "
+                          f"delete it and run `python -m data.prepare --cfg CFG`")
+    differing = [f"{k}={built.get(k)!r} where the config gives {v!r} ({SETTINGS.get(k, k)})"
+                 for k, v in params.items() if built.get(k) != v]
+    if not differing:
+        return None
+    return StoreError(f"LMDB store {path} was built for another config: {'; '.join(differing)}; set "
+                      f"dataset.lmdb_dir to a store of this config, or delete it and run data.prepare to rebuild it")
+
+
+def _stamp(source: str) -> list[int] | None:
+    """[size, mtime in ns] of a file, None when it is not there: a skipped file whose stamp changes is re-tried."""
+    try:
+        status = os.stat(source)
+    except OSError:
+        return None
+    return [status.st_size, status.st_mtime_ns]
+
+
+def _key_reason(key: str) -> str | None:
+    size = len(key.encode("utf-8", "surrogateescape"))
+    return f"its path is {size} bytes, over LMDB's {MAX_KEY_BYTES}-byte key limit" if size > MAX_KEY_BYTES else None
+
+
+def _disk_full(folder: str, error: Exception) -> WriteError:
+    """A failed write of a build as one line naming the folder (LMDB reports ENOSPC as an I/O error)."""
+    why = getattr(error, "strerror", None) or str(error)
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = FULL_DISK_MARGIN
+    if getattr(error, "errno", None) == errno.ENOSPC or free < FULL_DISK_MARGIN:
+        why = f"No space left on device ({why})" if "No space" not in why else why
+    return WriteError(f"could not write {folder}: {why}; free space (or set dataset.lmdb_dir) and run "
+                      f"data.prepare again: it resumes")
 
 
 def build_store(path: str, items: list[tuple[str, str]], encode: Encoder, params: dict,
                 skipped: Iterable[tuple[str, str]] = (), workers: int = 1, desc: str = "store",
-                commit_every: int = 512) -> BuildReport:
+                commit_every: int = 512, source_dir: str = "") -> BuildReport:
     """Pack `items` (key, source file) into the LMDB store `path`; resumable and atomic.
 
     `params` (what the stored values depend on) must match for a partial build to be resumed or
     a complete store to be updated in place; a complete store holding exactly `items` is kept as
-    it is. `skipped` lists inputs already known to be unusable (missing folders): they are
+    it is, unless a file it skipped has changed since (it is tried again) or the store is damaged
+    (it is rebuilt). `skipped` lists inputs already known to be unusable (missing folders): they are
     reported with the files that fail to encode. The encoders' notes on stored files are printed
-    and kept in notes.tsv.
+    and kept in notes.tsv. A write that fails (a full disk) is a WriteError naming the store.
+    `source_dir` (the raw folder) is recorded in store.json; a partial build from another one is not resumed.
     """
-    fingerprint = _fingerprint(items)
     partial_dir = path + ".partial"
-    info = _read_info(path)
+    try:
+        return _build(path, partial_dir, items, encode, params, skipped, workers, desc, commit_every, source_dir)
+    except (lmdb.Error, OSError) as e:
+        if isinstance(e, UserError):
+            raise
+        raise _disk_full(partial_dir if os.path.isdir(partial_dir) else os.path.dirname(path) or ".", e) from None
+
+
+def _build(path: str, partial_dir: str, items: list[tuple[str, str]], encode: Encoder, params: dict,
+           skipped: Iterable[tuple[str, str]], workers: int, desc: str, commit_every: int, source_dir: str
+           ) -> BuildReport:
+    fingerprint = _fingerprint(items)
+    info = read_info(path)
+    damage = store_damage(path) if info else None
+    if damage:
+        tqdm.write(f"{desc}: {path} is damaged ({damage}): rebuilding it")
+        _release(path)
+        shutil.rmtree(path)
+        info = {}
+    retry = {s for s, stamp in info.get("skipped_stamps", {}).items() if _stamp(s) != stamp}
     if info.get("params") == params:
-        if info.get("fingerprint") == fingerprint:
+        if info.get("fingerprint") == fingerprint and not retry:
             return BuildReport(path, info["stored"], _read_tsv(os.path.join(path, SKIPPED_FILE)),
                                _read_tsv(os.path.join(path, NOTES_FILE)))
         _release(path)
@@ -321,14 +481,14 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Encoder, params
     if os.path.isdir(partial_dir):
         try:
             with open(params_file) as f:
-                resumable = json.load(f) == params
+                resumable = json.load(f) == dict(params, source=source_dir)
         except (OSError, ValueError):
             resumable = False
-        if not resumable:
+        if not resumable or (os.path.exists(os.path.join(partial_dir, "data.mdb")) and store_damage(partial_dir)):
             shutil.rmtree(partial_dir)
     os.makedirs(partial_dir, exist_ok=True)
     with open(params_file, "w") as f:
-        json.dump(params, f)
+        json.dump(dict(params, source=source_dir), f)
     if os.path.exists(os.path.join(partial_dir, INFO_FILE)):
         os.remove(os.path.join(partial_dir, INFO_FILE))
 
@@ -337,10 +497,14 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Encoder, params
     skipped_file = os.path.join(partial_dir, SKIPPED_FILE)
     known_bad: dict[str, str] = {}
     for source, reason in _read_tsv(skipped_file):
-        if source in wanted:  # what an interrupted run already found bad
+        if source in wanted and source not in retry:  # what an interrupted run already found bad
             known_bad.setdefault(source, reason)
     for source, reason in skipped:
         known_bad.setdefault(source, reason)
+    for key, source in items:
+        reason = _key_reason(key)
+        if reason:
+            known_bad.setdefault(source, reason)
     for source, reason in known_bad.items():
         tqdm.write(f"{desc}: skipped {source}: {reason}")
     with open(skipped_file, "w", encoding="utf-8") as f:
@@ -351,52 +515,58 @@ def build_store(path: str, items: list[tuple[str, str]], encode: Encoder, params
         f.writelines(map(_tsv_row, notes.items()))
 
     env = lmdb.open(partial_dir, map_size=MAP_SIZE, subdir=True, readahead=False, meminit=False)
-    with env.begin(write=True) as txn:
-        done = set()
-        for raw in list(txn.cursor().iternext(keys=True, values=False)):
-            if raw.decode() in sources:
-                done.add(raw.decode())
-            else:
-                txn.delete(raw)  # a file no longer wanted
-    todo = [(k, s) for k, s in items if k not in done and s not in known_bad]
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="file")
-    encode_item = partial(encode_or_reason, encode)
-    pool = Pool(workers) if workers > 1 and len(todo) > 64 else None
-    results = pool.imap(encode_item, todo, chunksize=16) if pool else map(encode_item, todo)
+    pool = None
     try:
-        txn = env.begin(write=True)
-        pending, pending_notes = [], []
-        for n, (key, value, message) in enumerate(results, start=1):
-            if value is None:
-                pending.append((sources[key], message))
-                tqdm.write(f"{desc}: skipped {sources[key]}: {message}")
-            else:
-                txn.put(key.encode(), value)
-                if message:
-                    pending_notes.append((sources[key], message))
-                    tqdm.write(f"{desc}: {sources[key]}: {message}")
-            if n % commit_every == 0:
-                txn.commit()  # then record this batch's skips: a crash re-examines at most one batch
-                _append(skipped_file, pending, known_bad)
-                _append(notes_file, pending_notes, notes)
-                pending, pending_notes = [], []
-                txn = env.begin(write=True)
-            bar.update()
-        txn.commit()
-        _append(skipped_file, pending, known_bad)
-        _append(notes_file, pending_notes, notes)
+        with env.begin(write=True) as txn:
+            done = set()
+            for raw in list(txn.cursor().iternext(keys=True, values=False)):
+                if raw.decode() in sources:
+                    done.add(raw.decode())
+                else:
+                    txn.delete(raw)  # a file no longer wanted
+        todo = [(k, s) for k, s in items if k not in done and s not in known_bad]
+        bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="file")
+        encode_item = partial(encode_or_reason, encode)
+        pool = Pool(workers) if workers > 1 and len(todo) > 64 else None
+        results = pool.imap(encode_item, todo, chunksize=16) if pool else map(encode_item, todo)
+        try:
+            txn = env.begin(write=True)
+            pending, pending_notes = [], []
+            for n, (key, value, message) in enumerate(results, start=1):
+                if value is None:
+                    pending.append((sources[key], message))
+                    tqdm.write(f"{desc}: skipped {sources[key]}: {message}")
+                else:
+                    txn.put(key.encode(), value)
+                    if message:
+                        pending_notes.append((sources[key], message))
+                        tqdm.write(f"{desc}: {sources[key]}: {message}")
+                if n % commit_every == 0:
+                    # this batch's skips and notes first: a crash between the two re-examines at most one batch
+                    _append(skipped_file, pending, known_bad)
+                    _append(notes_file, pending_notes, notes)
+                    txn.commit()
+                    pending, pending_notes = [], []
+                    txn = env.begin(write=True)
+                bar.update()
+            _append(skipped_file, pending, known_bad)
+            _append(notes_file, pending_notes, notes)
+            txn.commit()
+        finally:
+            bar.close()
+        with env.begin() as txn:
+            stored = txn.stat()["entries"]
+        digest = content_digest(env)
     finally:
-        bar.close()
         if pool:
             pool.terminate()
             pool.join()
-    with env.begin() as txn:
-        stored = txn.stat()["entries"]
-    env.close()
+        env.close()
     report = BuildReport(path, stored, list(known_bad.items()), list(notes.items()))
-    with open(os.path.join(partial_dir, INFO_FILE), "w") as f:
-        json.dump({"params": params, "fingerprint": fingerprint, "stored": stored,
-                   "skipped": len(known_bad), "notes": len(notes)}, f, indent=1)
+    with atomic_write(os.path.join(partial_dir, INFO_FILE)) as f:
+        json.dump({"params": params, "source": source_dir, "fingerprint": fingerprint, "stored": stored,
+                   "skipped": len(known_bad), "notes": len(notes), "digest": digest,
+                   "skipped_stamps": {s: _stamp(s) for s in known_bad if not os.path.isdir(s)}}, f, indent=1)
     if os.path.exists(path):
         _release(path)
         shutil.rmtree(path)  # a complete store built with other parameters

@@ -13,20 +13,24 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import sys
 import time
 from functools import partial
+from typing import Iterator
 
 import numpy as np
 from easydict import EasyDict
 from tqdm import tqdm
 
-from data.datasets import clip_samples
+from data.datasets import open_store, store_params
 from data.layout import FACE, VOICE, as_store_keys, identity_folder, other_name, resolve_rows, store_name
 from data.lists import check_keys, list_names, list_path, unlistable_reason, write_lists
-from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, LmdbStore, MissingKeyError,
-                             build_store, encode_audio, encode_image, store_is_current)
+from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, MissingKeyError, StoreError,
+                             build_store, encode_audio, encode_image, read_info, settings_mismatch,
+                             store_is_current)
 from data.provenance import write_list_checksums
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
@@ -38,6 +42,8 @@ AUDIO_EXTENSIONS = (".wav",)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 EXTENSIONS = {VOICE: AUDIO_EXTENSIONS, FACE: IMAGE_EXTENSIONS}
 EVAL_SPLITS = ("val", "test")
+LOCK_FILE = "prepare.lock"  # in dataset.lmdb_dir, holding the pid of the data.prepare writing there
+ROOT_KEYS = {VOICE: "dataset.audio_data_dir", FACE: "dataset.image_data_dir"}
 
 
 def scan(root: str, folder: str, extensions: tuple[str, ...]) -> list[str] | None:
@@ -71,11 +77,27 @@ class _Scanner:
         if key not in self._cache:
             root = self.roots[modality]
             folder = identity_folder(root, identity, modality)
-            keys = scan(root, folder, EXTENSIONS[modality]) if folder else None
-            reasons = [unlistable_reason(k) for k in keys or ()]
-            self.unlisted[key] = [(os.path.join(root, k), r) for k, r in zip(keys or (), reasons) if r]
+            outside = folder and self.outside(modality, folder)
+            keys = scan(root, folder, EXTENSIONS[modality]) if folder and not outside else None
+            if outside:
+                keys = []
+                self.unlisted[key] = [(os.path.join(root, folder), outside)]
+            reasons = [unlistable_reason(k) or self.outside(modality, k) for k in keys or ()]
+            self.unlisted.setdefault(key, [])
+            self.unlisted[key] += [(os.path.join(root, k), r) for k, r in zip(keys or (), reasons) if r]
             self._cache[key] = (folder, None if keys is None else [k for k, r in zip(keys, reasons) if not r])
         return self._cache[key]
+
+    def outside(self, modality: str, relative: str) -> str | None:
+        """Why root/relative may not be read: a link leading outside the configured folder; else None.
+        (os.walk follows no links to folders, so only identity folders and files can lead out.)"""
+        path = os.path.join(self.roots[modality], relative)
+        if not os.path.islink(path):
+            return None
+        real_root, real = os.path.realpath(self.roots[modality]), os.path.realpath(path)
+        if os.path.commonpath([real_root, real]) == real_root:
+            return None
+        return f"a link to {real}, outside the folder of config key {ROOT_KEYS[modality]}"
 
     def voices(self, identity: Identity) -> list[str] | None:
         return self.found(identity, VOICE)[1]
@@ -91,15 +113,6 @@ class _Scanner:
 def _require(path: str, key: str) -> None:
     if not path or not os.path.exists(path):
         raise FileNotFoundError(f"config key {key}: '{path}' not found")
-
-
-def _store_params(cfg: EasyDict) -> dict[str, dict]:
-    d = cfg.dataset
-    return {
-        AUDIO_STORE: {"kind": "audio", "sample_rate": d.sample_rate,
-                      "max_samples": clip_samples(cfg)},
-        FACE_STORE: {"kind": "face", "store_image_size": d.store_image_size},
-    }
 
 
 def make_splits(cfg: EasyDict, scanner: _Scanner, wanted: tuple[str, ...] = SPLITS) -> dict[str, list[Identity]]:
@@ -131,7 +144,7 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
     """Build or update both LMDB stores from every file of `identities` (keys in the stores' form)."""
     d = cfg.dataset
     os.makedirs(d.lmdb_dir, exist_ok=True)
-    params = _store_params(cfg)
+    params = store_params(cfg)
     workers = min(len(os.sched_getaffinity(0)), 8)
     scanner.scan_all(identities)
     jobs = [
@@ -153,7 +166,9 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
             else:
                 items += zip(as_store_keys(keys, folder, identity, modality), (os.path.join(root, k) for k in keys))
         path = os.path.join(d.lmdb_dir, name)
-        report = build_store(path, items, encode, params[name], skipped, workers, desc=name)
+        source = os.path.realpath(root)
+        refuse_another_store(path, params[name], source, ROOT_KEYS[modality])
+        report = build_store(path, items, encode, params[name], skipped, workers, desc=name, source_dir=source)
         note = f", {len(report.skipped)} skipped (listed in {os.path.join(path, SKIPPED_FILE)})" if report.skipped else ""
         if report.notes:
             note += (f", {len(report.notes)} stored with a note such as clipped samples "
@@ -161,12 +176,25 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) ->
         print(f"{name}: {report.stored} files{note}")
 
 
+def refuse_another_store(path: str, params: dict, source: str, root_key: str) -> None:
+    """A complete store at `path` built with other settings, or from another raw folder that still exists (one
+    that is gone is taken for the same data moved), is not overwritten: StoreError naming what differs."""
+    info = read_info(path)
+    if not info or not os.path.exists(os.path.join(path, "data.mdb")):
+        return
+    mismatch = settings_mismatch(path, params)
+    if mismatch:
+        raise mismatch
+    if info.get("source", source) != source and os.path.isdir(info["source"]):
+        raise StoreError(f"LMDB store {path} was built from {info['source']}, not from {source} (config key "
+                         f"{root_key}): set dataset.lmdb_dir to another folder, or delete the store to rebuild it")
+
+
 def make_lists(cfg: EasyDict, splits: dict[str, list[Identity]]) -> None:
     """Write the missing lists of the evaluation splits among `splits`; check the existing ones against the
     stores (a key in the other name form counts when its store form is there)."""
     d = cfg.dataset
-    voices = LmdbStore(os.path.join(d.lmdb_dir, AUDIO_STORE))
-    faces = LmdbStore(os.path.join(d.lmdb_dir, FACE_STORE))
+    voices, faces = open_store(cfg, AUDIO_STORE), open_store(cfg, FACE_STORE)
     voice_keys, face_keys = np.array(voices.keys(), dtype=str), np.array(faces.keys(), dtype=str)
     known = np.concatenate([voice_keys, face_keys])
     for split in (s for s in EVAL_SPLITS if s in splits):
@@ -188,13 +216,53 @@ def is_prepared(cfg: EasyDict) -> bool:
     d = cfg.dataset
     if not all(os.path.exists(split_path(d.list_dir, s)) for s in SPLITS):
         return False
-    if not all(store_is_current(os.path.join(d.lmdb_dir, n), p) for n, p in _store_params(cfg).items()):
+    if not all(store_is_current(os.path.join(d.lmdb_dir, n), p) for n, p in store_params(cfg).items()):
         return False
     return all(os.path.exists(list_path(d.list_dir, n)) for s in EVAL_SPLITS for n in list_names(s, d.match_n))
 
 
+class PrepareBusy(UserError):
+    """Another data.prepare holds the lock of the data folder."""
+
+
+@contextlib.contextmanager
+def prepare_lock(folder: str) -> Iterator[str]:
+    """Hold `<folder>/prepare.lock` (flock) while preparing; PrepareBusy naming the lock and pid if another
+    process holds it. The kernel drops the lock of a process that dies, so a killed run's lock is taken over."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LOCK_FILE)
+    lock = open(path, "a+")
+    try:
+        lock.seek(0)
+        previous = lock.read().strip()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise PrepareBusy(f"another data.prepare (pid {previous or 'unknown'}) is preparing this data: lock "
+                              f"{path}; wait for it to finish") from None
+        if previous:
+            print(f"taking over the lock {path} of pid {previous}, which is no longer running")
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield path
+        finally:
+            lock.seek(0)
+            lock.truncate()  # ended, not killed: nothing to take over
+    finally:
+        lock.close()
+
+
 def prepare(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> None:
-    """Steps 1-4 of the module docstring for `splits` only; each does nothing when its output is there."""
+    """Steps 1-4 of the module docstring for `splits` only; each does nothing when its output is there.
+    One data.prepare at a time per dataset.lmdb_dir (prepare_lock)."""
+    with prepare_lock(cfg.dataset.lmdb_dir):
+        _prepare(cfg, splits)
+
+
+def _prepare(cfg: EasyDict, splits: tuple[str, ...]) -> None:
     d = cfg.dataset
     start = time.time()
     if d.synthetic.root and not os.path.exists(os.path.join(d.synthetic.root, "vox1_meta.csv")):
@@ -262,3 +330,5 @@ if __name__ == "__main__":
         main()
     except (UserError, FileNotFoundError) as error:
         sys.exit(f"data.prepare: {error}")
+    except OSError as error:  # a write the steps above do not wrap: name the file
+        sys.exit(f"data.prepare: could not write {error.filename or ''}: {error.strerror or error}")

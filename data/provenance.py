@@ -10,7 +10,7 @@ import glob
 import hashlib
 import os
 
-from data.lmdb_store import _read_info
+from data.lmdb_store import read_info
 from utils.files import atomic_write
 
 CHECKSUM_FILE = "lists.sha256"
@@ -40,9 +40,20 @@ def write_list_checksums(list_dir: str) -> str:
     return path
 
 
+def changed_lists(list_dir: str, paths: list[str]) -> list[str]:
+    """The lists among `paths` whose content is not what data.prepare recorded in lists.sha256 (edited by hand
+    since, or not there when it ran); none when there is no lists.sha256 (lists from elsewhere)."""
+    try:
+        with open(os.path.join(list_dir, CHECKSUM_FILE), encoding="utf-8", errors="replace") as f:
+            recorded = {name: digest for digest, _, name in (line.rstrip("\n").partition("  ") for line in f)}
+    except FileNotFoundError:
+        return []
+    return [p for p in paths if recorded.get(os.path.basename(p)) != file_digest(p)[1]]
+
+
 def store_summary(path: str) -> dict:
     """A store's path and what its store.json says it holds (files stored, skipped, fingerprint of the keys)."""
-    info = _read_info(path)
+    info = read_info(path)
     return {"path": os.path.abspath(path), **{k: info.get(k) for k in ("stored", "skipped", "fingerprint")}}
 
 

@@ -62,16 +62,35 @@ def read_meta(path: str) -> list[Identity]:
     header, rows = _rows(path)
     if len(header) < 5:
         raise SplitError(f"{path}: expected the columns {', '.join(SPLIT_HEADER)}, got {header}")
-    identities, line_of = [], {}
+    identities, line_of, name_line = [], {}, {}
     for line, row in enumerate(rows, start=2):
         if len(row) < 5:
             raise SplitError(f"{path}, line {line}: expected 5 columns, got {row}")
+        for column, name in zip(SPLIT_HEADER[:2], row[:2]):
+            why = _not_a_folder_name(name)
+            if why:
+                raise SplitError(f"{path}, line {line}: {column} '{name}' {why}; an identity is named by one "
+                                 f"folder inside the data folders")
         if row[0] in line_of:
             raise SplitError(f"{path}: identity {row[0]} is on two rows, lines {line_of[row[0]]} and {line}; "
                              "keep one")
-        line_of[row[0]] = line
+        if row[1] in name_line:
+            raise SplitError(f"{path}: the VGGFace name {row[1]} is on two rows, lines {name_line[row[1]]} and "
+                             f"{line} (identities {rows[name_line[row[1]] - 2][0]} and {row[0]}); keep one")
+        line_of[row[0]], name_line[row[1]] = line, line
         identities.append(Identity(*row[:5]))
     return identities
+
+
+def _not_a_folder_name(name: str) -> str | None:
+    """Why `name` cannot be the name of one folder (it would lead outside the data folders), or None."""
+    if not name:
+        return "is empty"
+    if "/" in name or "\\" in name or os.sep in name:
+        return "holds a path separator"
+    if name in (".", ".."):
+        return "names no folder of its own"
+    return None
 
 
 def read_split_file(path: str) -> dict[str, str]:

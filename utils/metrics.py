@@ -28,10 +28,16 @@ class ListError(UserError, ValueError):
 def _read_lines(path: str) -> tuple[str, list[str]]:
     """The text and lines of a list, trailing blank lines dropped."""
     try:
-        with open(path) as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise ListError(f"list file not found: {path}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ListError(f"{path}, line {line}: not UTF-8 text (byte "
+                        f"{data[e.start]:#04x}); lists are UTF-8") from None
     lines = text.rstrip().splitlines()
     if not lines:
         raise ListError(f"{path}: the list is empty")
