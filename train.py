@@ -443,6 +443,7 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
     ctx = distributed.setup(cfg.device, tcfg.timeout_minutes)
     lock = None
     try:
+        distributed.register_process(ctx)
         if tcfg.batch_size % ctx.world_size:
             raise ConfigError(f"training.batch_size={tcfg.batch_size} is not divisible by the "
                               f"{ctx.world_size} processes")

@@ -287,8 +287,6 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     value = _check_type(key, value, expected, source)
     if expected is list and default:  # a list of numbers or of strings, like its default
         value = [_check_type(f"{key}[{i}]", v, type(default[0]), source) for i, v in enumerate(value)]
-    if any(isinstance(x, float) and not math.isfinite(x) for x in _numbers(value)):
-        raise ConfigError(f"{source}: config key '{key}' must be a finite number, got {value!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{source}: config key '{key}' must be one of {CHOICES[key]}, got {value!r}")
     test, rule = RULES.get(key, (None, ""))

@@ -75,11 +75,15 @@ def setup(device_name: str, timeout_minutes: float) -> Context:
         options["device_id"] = device
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
                             timeout=timedelta(minutes=timeout_minutes), **options)
-    ctx = Context(dist.get_rank(), dist.get_world_size(), local_rank)
-    # Where each rank runs, so that a rank that vanishes (kill -9, out of memory) can be named by the others.
-    store = dist.distributed_c10d._get_default_store()
-    store.set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
-    return ctx
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def register_process(ctx: Context) -> None:
+    """Note where this rank runs in the launcher's store, so that the others can name it if it vanishes
+    (kill -9, out of memory)."""
+    if ctx.enabled:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
 
 
 def name_has_index(device_name: str) -> bool:
