@@ -381,23 +381,3 @@ def test_one_of_two_choices_of_a_trained_model_from_the_command_line(short_run, 
         centre, spread = accuracy + 1.92 / n, 1.96 * np.sqrt(accuracy * (1 - accuracy) / n + 0.96 / n ** 2)
         assert (centre - spread) / (1 + 3.84 / n) > 0.5, f"{name}: {accuracy:.3f} of {n} is not above chance"
         print(f"1-of-2 from the command line, {name}: {accuracy:.4f} of {n} lines")
-
-
-def test_readme_python_example_runs(model_run, tmp_path):
-    with open(os.path.join(ROOT, "README.md")) as f:
-        readme = f.read()
-    section = readme.split("## Try it on your own files", 1)[1].split("\n## ", 1)[0]
-    example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    # The example's files, where it expects them: the config and checkpoint paths, a clip and two photos.
-    os.makedirs(tmp_path / "config")
-    with open(SYNTHETIC) as f:
-        (tmp_path / "config" / "synthetic.yaml").write_text(f.read())
-    os.makedirs(tmp_path / "experiments" / "synthetic")
-    os.link(model_run["checkpoint"], tmp_path / "experiments" / "synthetic" / "checkpoint_best.pth.tar")
-    os.link(model_run["voice_files"][0], tmp_path / "clip.wav")
-    os.link(model_run["face_files"][0], tmp_path / "a.jpg")
-    _save(cv2.imread(model_run["face_files"][1]), tmp_path / "b.png")
-    process = subprocess.run([sys.executable, "-c", example], capture_output=True, text=True, cwd=tmp_path,
-                             env={**os.environ, "PYTHONPATH": ROOT}, timeout=300)
-    assert process.returncode == 0, process.stderr
-    assert re.fullmatch(r"best match: (a\.jpg|b\.png) \(scores \[\S+, \S+\]\)\n", process.stdout)
