@@ -114,10 +114,11 @@ def test_faces_from_the_command_line(own, tmp_path):
               "turned": save_rgb(np.rot90(astronaut, 1), tmp_path / "turned.png"),
               "exif": save_rgb(np.rot90(astronaut, 2), tmp_path / "exif.jpg", quality=92, exif=exif.tobytes()),
               "cup": os.path.join(SKIMAGE_DATA, "coffee.png"), "cat": os.path.join(SKIMAGE_DATA, "chelsea.png"),
-              "tiny": save_rgb(np.zeros((1, 1, 3), np.uint8), tmp_path / "tiny.png")}
-    out = tmp_path / "faces.json"
+              "tiny": save_rgb(np.zeros((1, 1, 3), np.uint8), tmp_path / "tiny.png"),
+              "not UTF-8": save_rgb(astronaut, os.fsdecode(bytes(tmp_path) + b"/\xff.png"))}
+    out, plot = tmp_path / "faces.json", tmp_path / "new" / "folder" / "faces.png"
     process = run_test_py(own, "--voice", own["voices"][0], "--faces", *photos.values(), "--detect-face",
-                          "--output", str(out))
+                          "--output", str(out), "--plot", str(plot))
     assert process.returncode == 0 and "Traceback" not in process.stderr, process.stderr
     result = json.loads(out.read_text())
     reasons = {entry["path"]: entry["reason"] for entry in result["skipped"]}
@@ -126,12 +127,18 @@ def test_faces_from_the_command_line(own, tmp_path):
     notes = {entry["path"]: entry["note"] for entry in result["notes"]}
     assert notes[photos["turned"]] == "no face upright: turned 270° counter-clockwise"
     assert photos["exif"] not in notes and photos["upright"] not in notes
-    assert {c["path"] for c in result["candidates"]} == {photos["upright"], photos["turned"], photos["exif"]}
+    assert {c["path"] for c in result["candidates"]} == {photos["upright"], photos["turned"], photos["exif"],
+                                                         photos["not UTF-8"]}
+    assert plot.read_bytes()[:4] == b"\x89PNG"  # into a folder that did not exist
     # A checkpoint of the synthetic corpus on real photos: said once, before the scores, and in the JSON.
     assert "has seen no real person" in result["warning"] and "authors' checkpoint" in result["warning"]
     warning_at = process.stdout.index("warning: this checkpoint was trained on the embedded synthetic corpus")
     assert process.stdout.count("warning:") == 1 and warning_at < process.stdout.index("<- match")
     print(process.stdout)
+    process = run_test_py(own, "--voice", own["voices"][0], "--faces", photos["upright"], "--output",
+                          photos["upright"])
+    assert process.returncode == 1 and process.stderr.strip() == \
+        f"test.py: --output {photos['upright']} is one of the input files; name another file to write"
 
 
 def test_corpus_files_get_no_warning(own):

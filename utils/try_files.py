@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 from dataclasses import asdict, dataclass
 from typing import Callable, TextIO
 
@@ -21,7 +22,8 @@ import numpy as np
 from easydict import EasyDict
 
 from data.user_files import modality_of
-from utils.files import atomic_write
+from utils.errors import UserError
+from utils.files import WriteError, atomic_write
 from utils.inference import Note, Skipped, UnusableFile, VoiceFaceMatcher, ranks_within
 from utils.metrics import ListError, normalise
 
@@ -67,8 +69,26 @@ def requested(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool
     return bool(modes)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Before any work: --output and --plot never overwrite an input, and their folders exist."""
+    inputs = [path for path in (args.voice, args.face, args.pairs, *(args.faces or ()), *(args.voices or ()))
+              if path and os.path.isfile(path)]
+    for flag, path in (("--output", args.output), ("--plot", args.plot)):
+        if not path:
+            continue
+        if os.path.exists(path) and any(os.path.samefile(path, given) for given in inputs):
+            raise UserError(f"{flag} {path} is one of the input files; name another file to write")
+        folder = os.path.dirname(os.path.abspath(path))
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as e:
+            raise WriteError(f"cannot make the folder of {flag} {path}: {e.strerror or e}") from None
+
+
 def run(args: argparse.Namespace, cfg: EasyDict, checkpoint: str) -> dict:
     """Score the files the arguments name with the checkpoint's encoders; returns what --output holds."""
+    check_outputs(args)
+    sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 is printed, not a traceback
     matcher = VoiceFaceMatcher.load(cfg, checkpoint, detect_faces=args.detect_face)
     print(f"checkpoint: {checkpoint}")
     if args.pairs:
@@ -134,8 +154,9 @@ def rank_candidates(matcher: VoiceFaceMatcher, modality: str, query: str, candid
         from utils.plots import match_figure
 
         by_path = dict(items)
-        ranked = [(e["path"], by_path[e["path"]], e["score"]) for e in result["candidates"]]
-        written.append(match_figure((query, query_item[1]), modality, ranked, plot, matcher.cfg.dataset.sample_rate))
+        ranked = [(printable(e["path"]), by_path[e["path"]], e["score"]) for e in result["candidates"]]
+        written.append(match_figure((printable(query), query_item[1]), modality, ranked, plot,
+                                    matcher.cfg.dataset.sample_rate))
     if written:
         print("written: " + ", ".join(written))
     return result
@@ -257,6 +278,11 @@ def score_pairs(matcher: VoiceFaceMatcher, pairs: str, root: str | None, output:
     print(f"{pairs}: {len(scores)} pairs on {len(np.unique(line))} of its {len(counts)} lines scored{dropped}")
     print(f"written: {output}")
     return result
+
+
+def printable(name: str) -> str:
+    """A file name as text: the bytes of a name that is not UTF-8 (surrogate escapes) shown as \\xNN."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _write(path: str, write: Callable[[TextIO], object]) -> None:
