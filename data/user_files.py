@@ -202,15 +202,16 @@ def face_of_image(name: str, image: np.ndarray, cfg: EasyDict, detect: bool = Fa
 
 
 def image_array_of(picture) -> np.ndarray:
-    """BGR uint8 of a PIL image (EXIF orientation applied) or an RGB / gray uint8 array (H x W [x 3|4])."""
+    """BGR uint8 of a PIL image (EXIF orientation applied) or an RGB(A) / gray uint8 array (H x W [x 1|3|4])."""
     if isinstance(picture, Image.Image):
         picture = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))
     picture = np.asarray(picture)
-    if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or (picture.ndim == 3 and picture.shape[2] not in (3, 4)):
+    channels = picture.shape[2] if picture.ndim == 3 else 1
+    if picture.dtype != np.uint8 or picture.ndim not in (2, 3) or channels not in (1, 3, 4):
         raise ValueError(f"an image is a uint8 array H x W, H x W x 3 (RGB) or H x W x 4, got {picture.dtype} "
                          f"{picture.shape}")
-    if picture.ndim == 2:
-        picture = np.repeat(picture[..., None], 3, axis=2)
+    if channels == 1:
+        picture = np.repeat(picture.reshape(*picture.shape[:2], 1), 3, axis=2)
     return np.ascontiguousarray(picture[..., 2::-1])
 
 

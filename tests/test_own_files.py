@@ -74,7 +74,8 @@ def own(tiny_cfg, tiny_root, tmp_path_factory):
                    os.walk(os.path.join(tiny_root, "VGG_ALL_FRONTAL")) for f in files)
     speech = soundfile.read(voices[0], dtype="int16")[0]
     opts = tiny_opts(tiny_root) + [f"testing.checkpoint={checkpoint}", "device=cpu"]
-    return {"root": tiny_root, "folder": folder, "checkpoint": checkpoint, "cfg": tiny_cfg, "voices": voices, "faces": faces,
+    return {"root": tiny_root, "folder": folder, "checkpoint": checkpoint, "cfg": tiny_cfg, "voices": voices,
+            "faces": faces,
             "speech": speech, "opts": opts, "matcher": VoiceFaceMatcher.load(tiny_cfg, checkpoint, device="cpu")}
 
 
@@ -199,7 +200,8 @@ def test_a_two_hour_wav_is_read_only_as_far_as_the_clip(own, tmp_path):
     frames = 2 * 3600 * 48000
     assert path.read_bytes()[36:40] == b"data"  # the plain 44-byte header
     with open(path, "r+b") as f:  # declare 2 hours; the rest of the file is a hole of zeros
-        f.seek(4), f.write((36 + 2 * frames).to_bytes(4, "little")), f.seek(40), f.write((2 * frames).to_bytes(4, "little"))
+        f.seek(4), f.write((36 + 2 * frames).to_bytes(4, "little"))
+        f.seek(40), f.write((2 * frames).to_bytes(4, "little"))
         f.truncate(44 + 2 * frames)
     assert os.path.getsize(path) > LARGE_AUDIO_BYTES
     tracemalloc.start()

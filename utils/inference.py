@@ -27,6 +27,7 @@ from typing import Iterable, Iterator, Sequence, Union
 import numpy as np
 import torch
 from easydict import EasyDict
+from PIL import Image
 
 from data.datasets import clip_samples, eval_face, eval_voice
 from data.lmdb_store import encode_or_reason
@@ -37,7 +38,7 @@ MODALITIES = ("voice", "face")
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SYNTHETIC_ROOT = "data_cache/synthetic"  # config/synthetic.yaml's dataset.synthetic.root
 # A file path, a voice as (waveform, sample rate), a face as an RGB array or a PIL image.
-Input = Union[str, os.PathLike, tuple, np.ndarray, object]
+Input = Union[str, os.PathLike, tuple, np.ndarray, Image.Image]
 
 
 class UnusableFile(UserError, ValueError):
@@ -85,7 +86,8 @@ class VoiceFaceMatcher:
             cfg = load_config(repository_path(cfg), list(opts))
         model = build_model(cfg.models, cfg.dataset.sample_rate)
         saved = load_checkpoint(model, checkpoint)  # a dict: load_checkpoint refuses anything else
-        return cls(model, cfg, device_of(device or cfg.device), detect_faces, synthetic_training_corpus(saved, checkpoint))
+        return cls(model, cfg, device_of(device or cfg.device), detect_faces,
+                   synthetic_training_corpus(saved, checkpoint))
 
     def read(self, inputs: Iterable[Input], modality: str, skipped: list[Skipped] | None = None,
              notes: list[Note] | None = None) -> Iterator[tuple[str, np.ndarray]]:
