@@ -167,7 +167,8 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
     keys = files["voice"] + files["face"]
     ids, genders = identities_of(cfg, keys)
     device = device_of(cfg.device)
-    model, cfg = build_from_checkpoint(cfg, checkpoint, [*source["model_settings_from_config"], "dataset.sample_rate"])
+    explicit = [*source["model_settings_from_config"], "dataset.sample_rate"]
+    model, cfg, _ = build_from_checkpoint(cfg, checkpoint, explicit)
     model.to(device).eval()
     stored = store_keys(cfg, files)  # the lists' keys, or their other name form where the store has that
     embeddings = torch.cat([embed(model, cfg, stored[m], m, device) for m in ("voice", "face")])

@@ -281,7 +281,13 @@ def decode_audio(path: str, sample_rate: int, max_samples: int | None = None) ->
         raise BadInput(path, f"unreadable audio: {why}") from None
     if samples.shape[0] == 0:
         raise BadInput(path, "zero-length clip")
-    clip = samples[:, 0]  # the release takes the first channel of a multi-channel file
+    return store_clip(path, samples[:, 0], integer, rate, sample_rate, max_samples)  # the release takes channel 0
+
+
+def store_clip(path: str, clip: np.ndarray, integer: bool, rate: int, sample_rate: int,
+               max_samples: int | None = None) -> tuple[np.ndarray, int]:
+    """decode_audio's int16 clip of one channel's samples (int16, or floats in [-1, 1]) at `rate`, and how many
+    were clipped; `path` names the source in a BadInput."""
     if integer and rate == sample_rate:
         return clip[:max_samples], 0
     scaled = clip.astype(np.float32) if integer else clip * INT16_SCALE

@@ -1,6 +1,7 @@
 """Voice-face matching on your own files with a trained model (ours or the authors' checkpoint).
 
-    from utils.inference import VoiceFaceMatcher
+    from utils.inference import VoiceFaceMatcher   # or, from any folder: torch.hub.load(REPO, "voice_face_matcher",
+                                                    #   source="local", checkpoint=PATH)  (hubconf.py)
 
     matcher = VoiceFaceMatcher.load("config/synthetic.yaml", "experiments/synthetic/checkpoint_best.pth.tar")
     voice = matcher.embed_voices(["clip.wav"])          # 1 x 128
@@ -8,25 +9,36 @@
     scores = matcher.match(voice[0], faces)             # the cosine of the voice with each face
 
 Files are read as `data.prepare` stores the corpus and transformed as test.py evaluates it
-(data/user_files.py), so a file of the corpus scores exactly as in the test lists.
+(data/user_files.py), so a file of the corpus scores exactly as in the test lists. Besides paths, voices
+may be (waveform, sample rate) pairs and faces RGB arrays (H x W x 3) or PIL images.
+
+A config path that does not exist relative to the current folder is taken relative to the repository
+root, where the shipped configs live; the relative paths inside a config are the repository root's too
+(they are only needed to find `testing.checkpoint` and the corpus a checkpoint was trained on).
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 from itertools import islice
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence, Union
 
 import numpy as np
 import torch
 from easydict import EasyDict
+from PIL import Image
 
 from data.datasets import clip_samples, eval_face, eval_voice
 from data.lmdb_store import encode_or_reason
-from data.user_files import read_face, read_voice
+from data.user_files import face_of, face_of_image, image_array_of, voice_of, voice_of_array
 from utils.errors import UserError
 
 MODALITIES = ("voice", "face")
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYNTHETIC_ROOT = "data_cache/synthetic"  # config/synthetic.yaml's dataset.synthetic.root
+# A file path, a voice as (waveform, sample rate), a face as an RGB array or a PIL image.
+Input = Union[str, os.PathLike, tuple, np.ndarray, Image.Image]
 
 
 class UnusableFile(UserError, ValueError):
@@ -39,14 +51,23 @@ class Skipped:
     reason: str
 
 
+@dataclass(frozen=True)
+class Note:
+    """Something about a usable file the scores depend on (repeated to length, which face was taken...)."""
+    path: str
+    note: str
+
+
 class VoiceFaceMatcher:
     """The two encoders of a checkpoint, in evaluation mode, with the evaluation's input pipeline."""
 
-    def __init__(self, model: torch.nn.Module, cfg: EasyDict, device: torch.device, detect_faces: bool = False):
+    def __init__(self, model: torch.nn.Module, cfg: EasyDict, device: torch.device, detect_faces: bool = False,
+                 synthetic_root: str | None = None):
         self.model = model.to(device).eval()
         self.cfg = cfg
         self.device = device
         self.detect_faces = detect_faces
+        self.synthetic_root = synthetic_root  # the embedded corpus the weights were trained on, if they were
 
     @classmethod
     def load(cls, cfg: str | EasyDict, checkpoint: str, opts: Sequence[str] = (), device: str | None = None,
@@ -63,30 +84,63 @@ class VoiceFaceMatcher:
         from utils.distributed import device_of
         from utils.model_settings import build_from_checkpoint, explicit_settings
 
-        if isinstance(cfg, str):
-            cfg = load_config(cfg, list(opts))
-        model, cfg = build_from_checkpoint(cfg, checkpoint, explicit_settings(opts, model_from_config))
-        return cls(model, cfg, device_of(device or cfg.device), detect_faces)
+        if isinstance(cfg, (str, os.PathLike)):
+            cfg = load_config(repository_path(cfg), list(opts))
+        model, cfg, saved = build_from_checkpoint(cfg, checkpoint, explicit_settings(opts, model_from_config))
+        return cls(model, cfg, device_of(device or cfg.device), detect_faces,
+                   synthetic_training_corpus(saved, checkpoint))
 
-    def read(self, paths: Iterable[str], modality: str, skipped: list[Skipped] | None = None
-             ) -> Iterator[tuple[str, np.ndarray]]:
-        """(path, array as the store would hold it) of each file, in order: int16 clips or BGR images.
+    def read(self, inputs: Iterable[Input], modality: str, skipped: list[Skipped] | None = None,
+             notes: list[Note] | None = None) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, array as the store would hold it) of each input, in order: int16 clips or BGR images.
 
-        A file that cannot be used raises UnusableFile, or is appended to `skipped` and left out when
-        a list is given.
+        An input is a path, or a voice's (waveform, sample rate) / a face's RGB array or PIL image, named
+        `<array k>` (k its position). An unusable one raises UnusableFile, or is appended to `skipped` and
+        left out when a list is given; what the user should know about a usable one goes to `notes`.
         """
         if modality not in MODALITIES:
             raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-        reader = (partial(read_voice, cfg=self.cfg) if modality == "voice"
-                  else partial(read_face, cfg=self.cfg, detect=self.detect_faces))
-        for path in paths:
-            _, array, reason = encode_or_reason(lambda p: (reader(p), ""), (path, path))
+        for position, given in enumerate(inputs):
+            name, reader = self._reader(given, position, modality)
+            _, array, reason = encode_or_reason(lambda _: reader(), (name, name))
             if array is not None:
-                yield path, array
+                if notes is not None and reason:  # encode_or_reason's third value is the note of a usable file
+                    notes.append(Note(name, reason))
+                yield name, array
             elif skipped is None:
-                raise UnusableFile(f"{path}: {reason}")
+                raise UnusableFile(f"{name}: {reason}")
             else:
-                skipped.append(Skipped(path, reason))
+                skipped.append(Skipped(name, reason))
+
+    def _reader(self, given: Input, position: int, modality: str):
+        """(name, a function giving (array, note)) of one input of `read`."""
+        if isinstance(given, (str, os.PathLike)):
+            path = os.fspath(given)
+            if modality == "voice":
+                return path, lambda: voice_of(path, self.cfg)
+            return path, lambda: face_of(path, self.cfg, self.detect_faces)
+        name = f"<array {position}>"
+        if modality == "voice":
+            if not (isinstance(given, tuple) and len(given) == 2):
+                raise TypeError(f"{name}: a voice is a file path or a (waveform, sample rate) pair, "
+                                f"got {type(given).__name__}")
+            return name, lambda: voice_of_array(name, given[0], given[1], self.cfg)
+        return name, lambda: face_of_image(name, image_array_of(given), self.cfg, self.detect_faces)
+
+    def training_note(self, inputs: Iterable[str]) -> str:
+        """What a user must know before reading scores of files that are not of the synthetic corpus the weights
+        were trained on ('' for weights trained on real people, or inputs all from that corpus)."""
+        if self.synthetic_root is None:
+            return ""
+        roots = {os.path.realpath(os.path.join(base, self.synthetic_root)) for base in (os.getcwd(), REPOSITORY)}
+        outside = [name for name in inputs
+                   if not any(os.path.realpath(name).startswith(root + os.sep) for root in roots)]
+        if not outside:
+            return ""
+        return ("this checkpoint was trained on the embedded synthetic corpus only: it has seen no real person, "
+                f"and its scores of {len(outside)} file(s) from outside that corpus say nothing about real people "
+                "(for a model of real ones, use the authors' checkpoint (config/authors_checkpoint.yaml) or train "
+                "on VoxCeleb1 with config/cfg.yaml)")
 
     def embed_arrays(self, items: Iterable[tuple[str, np.ndarray]], modality: str) -> tuple[list[str], torch.Tensor]:
         """(paths, N x D embeddings) of the (path, array) pairs `read` yields, batched as test.py batches."""
@@ -105,16 +159,18 @@ class VoiceFaceMatcher:
         paths, embeddings = embed_batches(self.model, batches(), modality, self.device, progress=False)
         return paths, embeddings if paths else torch.empty(0, self.cfg.models.embedding_dim)
 
-    def embed_voices(self, paths: Sequence[str], skipped: list[Skipped] | None = None) -> torch.Tensor:
-        """N x D embeddings of audio files (any format libsndfile reads, any rate, mono or not, any length).
+    def embed_voices(self, paths: Sequence[Input], skipped: list[Skipped] | None = None) -> torch.Tensor:
+        """N x D embeddings of audio or video files (what libsndfile or PyAV reads, any rate, mono or not, any
+        length) or (waveform, sample rate) pairs.
 
         >>> matcher.embed_voices(["clip.wav", "other.flac"]).shape
         torch.Size([2, 128])
         """
         return self.embed_arrays(self.read(paths, "voice", skipped), "voice")[1]
 
-    def embed_faces(self, paths: Sequence[str], skipped: list[Skipped] | None = None) -> torch.Tensor:
-        """N x D embeddings of photos (any size, EXIF orientation, grayscale, RGBA, CMYK, PNG...).
+    def embed_faces(self, paths: Sequence[Input], skipped: list[Skipped] | None = None) -> torch.Tensor:
+        """N x D embeddings of photos (any size, EXIF orientation, grayscale, RGBA, CMYK, PNG...), RGB arrays
+        (H x W x 3) or PIL images.
 
         >>> matcher.embed_faces(["a.jpg", "b.png"]).shape
         torch.Size([2, 128])
@@ -146,3 +202,33 @@ def ranks_within(groups: np.ndarray, scores: np.ndarray) -> np.ndarray:
     ranks = np.empty(len(scores), np.int64)
     ranks[order] = np.arange(len(scores)) - starts[order] + 1
     return ranks
+
+
+def repository_path(path: str | os.PathLike) -> str:
+    """`path` as given where it exists (or is absolute), else relative to the repository root."""
+    path = os.fspath(path)
+    if os.path.isabs(path) or os.path.exists(path):
+        return path
+    return os.path.join(REPOSITORY, path)
+
+
+def synthetic_training_corpus(checkpoint: dict, path: str) -> str | None:
+    """The root of the embedded synthetic corpus the checkpoint's weights were trained on; None when they were not
+    or nothing says so. The checkpoint's `training_data` record decides where it has one; else the `dataset`
+    section of the config the checkpoint stores, else of the run folder's config.yaml beside it."""
+    import yaml
+
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        try:
+            with open(os.path.join(os.path.dirname(os.path.abspath(path)), "config.yaml")) as f:
+                config = yaml.safe_load(f)
+        except (OSError, yaml.YAMLError):
+            config = None
+    synthetic = ((config or {}).get("dataset") or {}).get("synthetic") if isinstance(config, dict) else None
+    root = synthetic.get("root") if isinstance(synthetic, dict) else None
+    recorded = checkpoint.get("training_data")
+    if recorded is None:
+        return root
+    corpus = str(recorded.get("corpus", "")) if isinstance(recorded, dict) else str(recorded)
+    return (root or SYNTHETIC_ROOT) if "synthetic" in corpus else None

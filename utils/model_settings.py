@@ -119,9 +119,11 @@ def first_line(error: BaseException) -> str:
     return lines[0] if lines else type(error).__name__
 
 
-def build_from_checkpoint(cfg: EasyDict, path: str, explicit: Iterable[str] = ()) -> tuple[VoiceFaceModel, EasyDict]:
-    """(model with the checkpoint's weights, config it was built from): the checkpoint's model settings where it
-    records them (see `reconciled`). A checkpoint that does not fit the model is a one-line CheckpointError."""
+def build_from_checkpoint(cfg: EasyDict, path: str, explicit: Iterable[str] = ()
+                          ) -> tuple[VoiceFaceModel, EasyDict, dict]:
+    """(model with the checkpoint's weights, config it was built from, the file's content): the checkpoint's model
+    settings where it records them (see `reconciled`). A checkpoint that does not fit the model is a one-line
+    CheckpointError."""
     saved = None
     try:
         checkpoint = read_checkpoint(path)
@@ -135,4 +137,4 @@ def build_from_checkpoint(cfg: EasyDict, path: str, explicit: Iterable[str] = ()
         source = ("the checkpoint's recorded settings" if saved is not None else
                   "the config's models.* (the checkpoint records no model settings: set them to its architecture)")
         raise CheckpointError(f"{first_line(e)}; the model was built from {source}") from None
-    return model, cfg
+    return model, cfg, checkpoint
