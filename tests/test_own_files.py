@@ -139,7 +139,8 @@ def test_faces_from_the_command_line(own, tmp_path):
     process = run_test_py(own, "--voice", own["voices"][0], "--faces", photos["upright"], "--output",
                           photos["upright"])
     assert process.returncode == 1 and process.stderr.strip() == \
-        f"test.py: --output {photos['upright']} is one of the input files; name another file to write"
+        f"test.py: --output {photos['upright']}: is an input of this run ({photos['upright']}) and would be " \
+        "overwritten; name another file"
 
 
 def test_corpus_files_get_no_warning(own):

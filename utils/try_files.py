@@ -69,15 +69,11 @@ def requested(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool
     return bool(modes)
 
 
-def check_outputs(args: argparse.Namespace) -> None:
-    """Before any work: --output and --plot never overwrite an input, and their folders exist."""
-    inputs = [path for path in (args.voice, args.face, args.pairs, *(args.faces or ()), *(args.voices or ()))
-              if path and os.path.isfile(path)]
+def make_output_folders(args: argparse.Namespace) -> None:
+    """Before any work: the folders of --output and --plot (test.py has checked that neither names an input)."""
     for flag, path in (("--output", args.output), ("--plot", args.plot)):
         if not path:
             continue
-        if os.path.exists(path) and any(os.path.samefile(path, given) for given in inputs):
-            raise UserError(f"{flag} {path} is one of the input files; name another file to write")
         folder = os.path.dirname(os.path.abspath(path))
         try:
             os.makedirs(folder, exist_ok=True)
@@ -87,7 +83,7 @@ def check_outputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace, cfg: EasyDict, checkpoint: str) -> dict:
     """Score the files the arguments name with the checkpoint's encoders; returns what --output holds."""
-    check_outputs(args)
+    make_output_folders(args)
     sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 is printed, not a traceback
     matcher = VoiceFaceMatcher.load(cfg, checkpoint, detect_faces=args.detect_face)
     print(f"checkpoint: {checkpoint}")
