@@ -5,9 +5,9 @@
 
 Without --features: embed every file the split's lists name with the checkpoint
 `testing.checkpoint` (ours or the released `checkpoint_best.pth.tar`), caching
-the embeddings in the released features format at
-`testing.extracted_features_path`, then evaluate. With --features: evaluate a
-features file in that format, no model needed.
+the embeddings at `testing.extracted_features_path` (compact `.npz` by default;
+a path ending in `.pt` writes the released format), then evaluate. With
+--features: evaluate a features file in either format, no model needed.
 
     python test.py --cfg CFG --voice clip.wav --faces a.jpg b.jpg [--output out.json] [--plot out.png]
     python test.py --cfg CFG --face x.jpg --voices v1.wav v2.flac [--output out.json] [--plot out.png]
@@ -26,6 +26,7 @@ the lists of CFG where not done yet and compare them against the first RUN
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -39,7 +40,7 @@ from utils import metrics, try_files
 from utils.config import OPTS_HELP, config_to_dict, load_config, run_dir
 from utils.distributed import device_of
 from utils.errors import UserError
-from utils.features import Features, as_arrays, load_features_file, save_features_file
+from utils.features import Features, read_features, save_features_file
 from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 
@@ -61,22 +62,22 @@ def provenance(cfg, checkpoint: str) -> dict:
 
     The path is recorded for the messages only: the same bytes elsewhere make the same embeddings.
     """
-    return {
+    return json.loads(json.dumps({  # as a features file reads it back (tuples are lists)
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": file_digest(checkpoint)[1],  # content, not size and time
         "stores": {name: store_summary(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)},
         "config": {"split": cfg.testing.split, "models": config_to_dict(cfg.models),
                    "dataset": {k: cfg.dataset[k] for k in ("lmdb_dir", "image_size", "store_image_size",
                                                            "sample_rate", "clip_seconds")}},
-    }
+    }))
 
 
 def reusable_cache(path: str, source: dict, keys: set[str]) -> Features | None:
     """The cached features if they were made by `source` and cover `keys`; otherwise None, saying why."""
     if not os.path.isfile(path):
         return None
-    data = load_features_file(path)
-    old = data.get("source")
+    features = read_features(path)
+    old = features.source
     changed = sorted(k for k in source if k != "checkpoint" and old and old.get(k) != source[k])
     if not old:
         reason = "it does not record the checkpoint that produced it (evaluate it as is with --features)"
@@ -84,11 +85,11 @@ def reusable_cache(path: str, source: dict, keys: set[str]) -> Features | None:
         reason = (f"it was extracted by {old.get('checkpoint')} (sha256 {str(old.get('checkpoint_sha256'))[:12]}); "
                   f"now {source['checkpoint']} (sha256 {source['checkpoint_sha256'][:12]}); "
                   f"differs in: {', '.join(changed)}")
-    elif not keys <= data["name2feat"].keys():
-        reason = f"it lacks {len(keys - data['name2feat'].keys())} of the files the lists name"
+    elif not keys <= features.name2row.keys():
+        reason = f"it lacks {len(keys - features.name2row.keys())} of the files the lists name"
     else:
         print(f"reusing the features in {path} (extracted by {old['checkpoint']}, the same content)")
-        return as_arrays(data, path)
+        return features
     print(f"not reusing {path}: {reason}; extracting again")
     return None
 
@@ -169,7 +170,7 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
 
 def model_features(cfg, lists: list[ListSpec], checkpoint: str) -> Features:
     """The embeddings of the checkpoint's model: the cache when it is the same model's, else extracted."""
-    path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.pt")
+    path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.npz")
     source = provenance(cfg, checkpoint)
     keys = read_lists(cfg.dataset.list_dir, lists)
     files = files_by_modality(lists, keys)
@@ -188,7 +189,7 @@ EXAMPLES = """examples:
   python test.py --cfg config/synthetic.yaml --voice clip.wav --faces a.jpg b.jpg --plot match.png
   python test.py --cfg config/synthetic.yaml --compare experiments/synthetic_aasm experiments/synthetic --output cmp.json
 
-writes, in <output_dir>/<exp_name>/: features_<split>.pt (the embeddings cache), results_<split>.txt,
+writes, in <output_dir>/<exp_name>/: features_<split>.npz (the embeddings cache), results_<split>.txt,
 results_<split>.json (values, 95% intervals, list checksums, provenance), results_<split>_roc.png and
 results_<split>_scores.png; it prints the results table in the README's format. --voice, --face and
 --pairs write only what --output and --plot name."""
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
-    parser.add_argument("--features", help="evaluate this features file (released format) instead of a model")
+    parser.add_argument("--features", help="evaluate this features file (released .pt or compact .npz) instead of a model")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
     parser.add_argument("--compare", nargs="+", metavar="RUN",
                         help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
                                 f"missing); generate them with `python -m data.prepare --cfg {args.cfg}` or unzip "
                                 "the authors' gen_list.zip into the folder of config key dataset.list_dir")
     if args.features:
-        features = as_arrays(load_features_file(args.features), args.features)
+        features = read_features(args.features)
         features.source = {"features_file": os.path.abspath(args.features), **features.source}
     else:
         features = model_features(cfg, lists, checkpoint)
