@@ -26,22 +26,58 @@ the lists of CFG where not done yet and compare them against the first RUN
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
-import numpy as np
-import torch
+from utils import try_files
+from utils.config import OPTS_HELP
 
-from data.lists import DIRECTIONS, ListSpec, check_keys, list_path
-from data.lmdb_store import AUDIO_STORE, FACE_STORE
-from data.provenance import file_digest, store_summary
-from utils import metrics, try_files
-from utils.config import OPTS_HELP, config_to_dict, load_config, run_dir
-from utils.distributed import device_of
-from utils.errors import UserError
-from utils.features import Features, read_features, save_features_file
-from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
+EXAMPLES = """examples:
+  python test.py --cfg config/synthetic.yaml                  # the demo run's checkpoint_best
+  python test.py --cfg config/authors_checkpoint.yaml         # the authors' released checkpoint
+  python test.py --cfg config/cfg.yaml --opts testing.checkpoint=/path/to/checkpoint_best.pth.tar
+  python test.py --cfg config/cfg.yaml --features features_test.pt
+  python test.py --cfg config/synthetic.yaml --voice clip.wav --faces a.jpg b.jpg --plot match.png
+  python test.py --cfg config/synthetic.yaml --compare experiments/synthetic_aasm experiments/synthetic --output cmp.json
+
+writes, in <output_dir>/<exp_name>/: features_<split>.npz (the embeddings cache), results_<split>.txt,
+results_<split>.json (values, 95% intervals, list checksums, provenance), results_<split>_roc.png and
+results_<split>_scores.png; it prints the results table in the README's format. --voice, --face and
+--pairs write only what --output and --plot name."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
+    parser.add_argument("--features", help="evaluate this features file (released .pt or compact .npz) instead of a model")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
+    parser.add_argument("--compare", nargs="+", metavar="RUN",
+                        help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
+    parser.add_argument("--output", metavar="FILE",
+                        help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV")
+    try_files.add_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer before the imports below (seconds of torch)
+
+# The evaluation's imports, after the command line is known to be valid.
+import json  # noqa: E402
+import os  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from data.lists import DIRECTIONS, ListSpec, check_keys, list_path  # noqa: E402
+from data.lmdb_store import AUDIO_STORE, FACE_STORE  # noqa: E402
+from data.provenance import file_digest, store_summary  # noqa: E402
+from utils import metrics  # noqa: E402
+from utils.config import config_to_dict, load_config, run_dir  # noqa: E402
+from utils.distributed import device_of  # noqa: E402
+from utils.errors import UserError  # noqa: E402
+from utils.features import Features, read_features, save_features_file  # noqa: E402
+from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs  # noqa: E402
 
 
 class MissingCheckpoint(UserError, FileNotFoundError):
@@ -179,34 +215,6 @@ def model_features(cfg, lists: list[ListSpec], checkpoint: str) -> Features:
         return cached
     check_stores(cfg, lists, keys)
     return extract_features(cfg, checkpoint, files, source, path)
-
-
-EXAMPLES = """examples:
-  python test.py --cfg config/synthetic.yaml                  # the demo run's checkpoint_best
-  python test.py --cfg config/authors_checkpoint.yaml         # the authors' released checkpoint
-  python test.py --cfg config/cfg.yaml --opts testing.checkpoint=/path/to/checkpoint_best.pth.tar
-  python test.py --cfg config/cfg.yaml --features features_test.pt
-  python test.py --cfg config/synthetic.yaml --voice clip.wav --faces a.jpg b.jpg --plot match.png
-  python test.py --cfg config/synthetic.yaml --compare experiments/synthetic_aasm experiments/synthetic --output cmp.json
-
-writes, in <output_dir>/<exp_name>/: features_<split>.npz (the embeddings cache), results_<split>.txt,
-results_<split>.json (values, 95% intervals, list checksums, provenance), results_<split>_roc.png and
-results_<split>_scores.png; it prints the results table in the README's format. --voice, --face and
---pairs write only what --output and --plot name."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
-    parser.add_argument("--features", help="evaluate this features file (released .pt or compact .npz) instead of a model")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
-    parser.add_argument("--compare", nargs="+", metavar="RUN",
-                        help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
-    parser.add_argument("--output", metavar="FILE",
-                        help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV")
-    try_files.add_arguments(parser)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> list[Result] | dict:

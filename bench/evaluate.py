@@ -37,28 +37,46 @@ from utils.features import save_features_file  # noqa: E402
 IDENTITIES, CLIPS, IMAGES, DIM = 189, 21850, 20076, 128
 
 
-def build(work: str, seed: int = 0) -> tuple[str, str, str]:
-    """Lists and a random features file of the test split's size under `work`, in the released and the compact
-    format; returns (list_dir, released features, compact features)."""
+def test_split_files(seed: int = 0, count: int = IDENTITIES, clips: int = CLIPS,
+                     images: int = IMAGES) -> tuple[list[Identity], list[str], list[str]]:
+    """The released test split's shape (or a smaller one): its identities and the keys of their clips and images."""
     rng = np.random.default_rng(seed)
     identities = [Identity(f"id{10117 + i}", f"Celebrity_{i:03d}_{'xy'[i % 2]}", "mf"[rng.integers(2)], "USA", "test")
-                  for i in range(IDENTITIES)]
+                  for i in range(count)]
 
     def files(total: int, minimum: int) -> np.ndarray:
-        return rng.multinomial(total - minimum * IDENTITIES, np.full(IDENTITIES, 1 / IDENTITIES)) + minimum
+        minimum = min(minimum, total // count)
+        return rng.multinomial(total - minimum * count, np.full(count, 1 / count)) + minimum
 
     voices = [f"{p.vox_id}/{'v%010d' % (n // 8)}/{n % 8 + 1:05d}.wav"
               for p, count in zip(identities, files(CLIPS, 20)) for n in range(count)]
     faces = [f"{p.vgg_id}/{n + 1:08d}.jpg" for p, count in zip(identities, files(IMAGES, 20)) for n in range(count)]
+    return identities, voices, faces
+
+
+def write_lists(work: str, identities: list[Identity], voices: list[str], faces: list[str], seed: int = 0) -> str:
+    """The ten test lists of these files under `work`/lists (the project's generator); returns the folder."""
     list_dir = os.path.join(work, "lists")
     os.makedirs(list_dir, exist_ok=True)
     for spec in list_specs("test"):
         with open(list_path(list_dir, spec.name), "w") as f:
             f.write(make_list(spec, identities, voices, faces, seed))
+    return list_dir
 
-    keys = voices + faces
+
+def identity_of(keys: list[str], identities: list[Identity]) -> list[int]:
+    """The index of each key's identity (its first path part, VoxCeleb or VGGFace name)."""
     owner = {**{p.vox_id: i for i, p in enumerate(identities)}, **{p.vgg_id: i for i, p in enumerate(identities)}}
-    ids = [owner[k.split("/", 1)[0]] for k in keys]
+    return [owner[k.split("/", 1)[0]] for k in keys]
+
+
+def build(work: str, seed: int = 0) -> tuple[str, str, str]:
+    """Lists and a random features file of the test split's size under `work`, in the released and the compact
+    format; returns (list_dir, released features, compact features)."""
+    identities, voices, faces = test_split_files(seed)
+    list_dir = write_lists(work, identities, voices, faces, seed)
+    keys = voices + faces
+    ids = identity_of(keys, identities)
     embeddings = torch.randn(len(keys), DIM, generator=torch.Generator().manual_seed(seed))
     features = os.path.join(work, "features_test.pt")
     torch.save({"name2feat": dict(zip(keys, embeddings.unbind(0))), "name2id": dict(zip(keys, ids)),

@@ -15,15 +15,16 @@ import csv
 import json
 import os
 from dataclasses import asdict
-from typing import Callable, TextIO
+from typing import TYPE_CHECKING, Callable, TextIO
 
 import numpy as np
 from easydict import EasyDict
 
-from data.user_files import modality_of
 from utils.files import atomic_write
-from utils.inference import Skipped, UnusableFile, VoiceFaceMatcher, ranks_within
 from utils.metrics import ListError, normalise
+
+if TYPE_CHECKING:
+    from utils.inference import Skipped, VoiceFaceMatcher
 
 OTHER = {"voice": "face", "face": "voice"}
 
@@ -68,6 +69,8 @@ def requested(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool
 
 def run(args: argparse.Namespace, cfg: EasyDict, checkpoint: str) -> dict:
     """Score the files the arguments name with the checkpoint's encoders; returns what --output holds."""
+    from utils.inference import VoiceFaceMatcher  # torch and the encoders: only when files are scored
+
     matcher = VoiceFaceMatcher.load(cfg, checkpoint, detect_faces=args.detect_face)
     print(f"checkpoint: {checkpoint}")
     if args.pairs:
@@ -84,6 +87,8 @@ def _report_skipped(skipped: list[Skipped]) -> None:
 def rank_candidates(matcher: VoiceFaceMatcher, modality: str, query: str, candidates: list[str],
                     output: str | None = None, plot: str | None = None) -> dict:
     """Rank `candidates` (files of the other modality) by their cosine with `query`; print, write, draw."""
+    from utils.inference import UnusableFile, ranks_within
+
     (query_item,) = matcher.read([query], modality)  # an unusable query stops here, naming the file
     skipped: list[Skipped] = []
     items = list(matcher.read(candidates, OTHER[modality], skipped))
@@ -143,6 +148,9 @@ def score_pairs(matcher: VoiceFaceMatcher, pairs: str, root: str | None, output:
     Each file is embedded once, as a voice or a face by its name's suffix; a pair with an unusable
     file is left out, and the candidates of a line are ranked among those left (1 = best).
     """
+    from data.user_files import modality_of
+    from utils.inference import Skipped, ranks_within
+
     numbers, lines = read_pairs(pairs)
     counts = np.array([len(tokens) for tokens in lines])
     tokens = np.array([name for line in lines for name in line])  # every path, line after line
