@@ -362,6 +362,8 @@ def main() -> int:
     parser.add_argument("--work", help="folder for the generated corpus, lists and runs (default: a temporary one)")
     args = parser.parse_args()
     sizes = TINY if args.tiny else FULL
+    if args.tiny:  # CI machines are shared: two OpenMP threads on a loaded 2-core machine ran a step 20x slower
+        torch.set_num_threads(1)
     cuda = torch.cuda.is_available()
     devices = [torch.device("cpu")] + ([torch.device("cuda", 0)] if cuda else [])
     name = torch.cuda.get_device_name(0) if cuda else f"no CUDA; {len(os.sched_getaffinity(0))} CPU cores"

@@ -11,7 +11,8 @@ from helpers import ROOT
 
 def test_device_check_runs_tiny_and_names_what_it_skipped(tmp_path):
     result = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "device_check.py"), "--tiny",
-                             "--work", str(tmp_path)], capture_output=True, text=True, timeout=600)
+                             "--work", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     table = result.stdout
     for part in ("train", "loader", "extract"):
