@@ -131,9 +131,10 @@ def synthetic_batch(cfg, device: torch.device, generator: torch.Generator, crop:
     """A training batch as the loader hands it (uint8 faces (B, 2, 3, S, S), int16 crops, labels), made on `device`."""
     b, s = cfg.training.batch_size, cfg.dataset.image_size
     low, high = (int(x * cfg.dataset.sample_rate) for x in cfg.training.crop_seconds)
-    crop = crop or int(torch.randint(low, high + 1, (), generator=generator))
-    faces = torch.randint(0, 256, (b, 2, 3, s, s), dtype=torch.uint8, generator=generator).to(device)
-    voices = torch.randint(-8000, 8000, (2, b, crop), dtype=torch.int16, generator=generator).to(device)
+    made_on = generator.device  # the generator's device makes the batch; `device` receives it
+    crop = crop or int(torch.randint(low, high + 1, (), generator=generator, device=made_on))
+    faces = torch.randint(0, 256, (b, 2, 3, s, s), dtype=torch.uint8, generator=generator, device=made_on).to(device)
+    voices = torch.randint(-8000, 8000, (2, b, crop), dtype=torch.int16, generator=generator, device=made_on).to(device)
     return faces, voices[0], voices[1], torch.arange(b, device=device)
 
 
@@ -168,7 +169,8 @@ def parity(cfg, sizes: Sizes, devices: list[torch.device]) -> list[Row]:
     batch = synthetic_batch(cfg, torch.device("cpu"), torch.Generator().manual_seed(1))
     rows = []
     with torch.no_grad():
-        cpu_state.model.train(), gpu_state.model.train()
+        cpu_state.model.train()
+        gpu_state.model.train()
         encoders = [wrap_encoders(s.model, distributed.Context(), d) for s, d in
                     ((cpu_state, torch.device("cpu")), (gpu_state, cuda))]
         inputs = [tuple(x.to(d).float() for x in batch[:3]) for d in (torch.device("cpu"), cuda)]
@@ -219,7 +221,7 @@ def throughput(cfg, sizes: Sizes, device: torch.device, amp: str, batches: Calla
 
 def train_rates(cfg, sizes: Sizes, devices: list[torch.device]) -> list[Row]:
     device = devices[-1]
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device).manual_seed(0)
     rows = []
     for amp in PRECISIONS if device.type == "cuda" else ("off",):
         rate, peak = throughput(cfg, sizes, device, amp, lambda: synthetic_batch(cfg, device, generator),
@@ -259,13 +261,17 @@ def torchrun_resume(cfg, sizes: Sizes, devices: list[torch.device]) -> list[Row]
     folder = os.path.join(cfg.output_dir, "torchrun")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
                os.path.join(ROOT, "train.py"), "--cfg", path]
-    first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    first_log = os.path.join(cfg.output_dir, "torchrun_first.log")  # a file: a full pipe would stall the run
     checkpoint = os.path.join(folder, "checkpoint_2.pth.tar")
-    deadline = time.time() + 120
-    while not os.path.isfile(checkpoint) and first.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    first.send_signal(signal.SIGTERM)
-    _, first_err = first.communicate(timeout=120)
+    with open(first_log, "w") as log_file:
+        first = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file)
+        deadline = time.time() + 120
+        while not os.path.isfile(checkpoint) and first.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    with open(first_log) as f:
+        first_err = f.read()
     saved = [int(n[len("checkpoint_"):-len(".pth.tar")]) for n in os.listdir(folder)
              if n.startswith("checkpoint_") and n[len("checkpoint_"):-len(".pth.tar")].isdigit()] or [0]
     last = max(saved) + 4
@@ -292,12 +298,12 @@ def extract_and_evaluate(cfg, sizes: Sizes, devices: list[torch.device], work: s
     torch.manual_seed(0)
     model = build_model(cfg.models, cfg.dataset.sample_rate).to(device).eval()
     samples, size, batch = clip_samples(cfg), cfg.dataset.image_size, cfg.testing.batch_size
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device).manual_seed(0)
 
     def batches(count: int, shape: tuple, dtype, low: int, high: int):
         for start in range(0, count, batch):
             n = min(batch, count - start)
-            yield [""] * n, torch.randint(low, high, (n, *shape), dtype=dtype, generator=generator).to(device)
+            yield [""] * n, torch.randint(low, high, (n, *shape), dtype=dtype, generator=generator, device=device)
 
     rows, embeddings = [], []
     for modality, count, shape, dtype, low, high in (("voice", len(voices), (samples,), torch.int16, -8000, 8000),
