@@ -37,20 +37,20 @@ from utils.features import save_features_file  # noqa: E402
 IDENTITIES, CLIPS, IMAGES, DIM = 189, 21850, 20076, 128
 
 
-def test_split_files(seed: int = 0, count: int = IDENTITIES, clips: int = CLIPS,
+def test_split_files(seed: int = 0, people: int = IDENTITIES, clips: int = CLIPS,
                      images: int = IMAGES) -> tuple[list[Identity], list[str], list[str]]:
     """The released test split's shape (or a smaller one): its identities and the keys of their clips and images."""
     rng = np.random.default_rng(seed)
     identities = [Identity(f"id{10117 + i}", f"Celebrity_{i:03d}_{'xy'[i % 2]}", "mf"[rng.integers(2)], "USA", "test")
-                  for i in range(count)]
+                  for i in range(people)]
 
     def files(total: int, minimum: int) -> np.ndarray:
-        minimum = min(minimum, total // count)
-        return rng.multinomial(total - minimum * count, np.full(count, 1 / count)) + minimum
+        minimum = min(minimum, total // people)
+        return rng.multinomial(total - minimum * people, np.full(people, 1 / people)) + minimum
 
     voices = [f"{p.vox_id}/{'v%010d' % (n // 8)}/{n % 8 + 1:05d}.wav"
-              for p, count in zip(identities, files(CLIPS, 20)) for n in range(count)]
-    faces = [f"{p.vgg_id}/{n + 1:08d}.jpg" for p, count in zip(identities, files(IMAGES, 20)) for n in range(count)]
+              for p, count in zip(identities, files(clips, 20)) for n in range(count)]
+    faces = [f"{p.vgg_id}/{n + 1:08d}.jpg" for p, count in zip(identities, files(images, 20)) for n in range(count)]
     return identities, voices, faces
 
 
