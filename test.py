@@ -5,9 +5,9 @@
 
 Without --features: embed every file the split's lists name with the checkpoint
 `testing.checkpoint` (ours or the released `checkpoint_best.pth.tar`), caching
-the embeddings in the released features format at
-`testing.extracted_features_path`, then evaluate. With --features: evaluate a
-features file in that format, no model needed.
+the embeddings at `testing.extracted_features_path` (compact `.npz` by default;
+a path ending in `.pt` writes the released format), then evaluate. With
+--features: evaluate a features file in either format, no model needed.
 
     python test.py --cfg CFG --voice clip.wav --faces a.jpg b.jpg [--output out.json] [--plot out.png]
     python test.py --cfg CFG --face x.jpg --voices v1.wav v2.flac [--output out.json] [--plot out.png]
@@ -26,9 +26,49 @@ the lists of CFG where not done yet and compare them against the first RUN
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Sequence
+
+from utils import try_files
+from utils.config import OPTS_HELP
+
+EXAMPLES = """examples:
+  python test.py --cfg config/synthetic.yaml                  # the demo run's checkpoint_best
+  python test.py --cfg config/authors_checkpoint.yaml         # the authors' released checkpoint
+  python test.py --cfg config/cfg.yaml --opts testing.checkpoint=/path/to/checkpoint_best.pth.tar
+  python test.py --cfg config/cfg.yaml --features features_test.pt
+  python test.py --cfg config/synthetic.yaml --voice clip.wav --faces a.jpg b.jpg --plot match.png
+  python test.py --cfg config/synthetic.yaml --compare experiments/synthetic_aasm experiments/synthetic --output cmp.json
+
+writes, in <output_dir>/<exp_name>/: features_<split>.npz (the embeddings cache), results_<split>.txt,
+results_<split>.json (values, 95% intervals, list checksums, provenance), results_<split>_roc.png and
+results_<split>_scores.png; it prints the results table in the README's format. --voice, --face and
+--pairs write only what --output and --plot name."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
+    parser.add_argument("--features", help="evaluate this features file (released .pt or compact .npz) instead of a model")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
+    parser.add_argument("--compare", nargs="+", metavar="RUN",
+                        help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
+    parser.add_argument("--output", metavar="FILE",
+                        help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV")
+    parser.add_argument("--model-from-config", action="store_true",
+                        help="build the encoders from the config's models.* (and dataset.sample_rate / image_size), "
+                             "not from the settings the checkpoint records")
+    try_files.add_arguments(parser)
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer before the imports below (seconds of torch)
+
+# The evaluation's imports, after the command line is known to be valid (flake8: E402 by design).
+import json
+import os
 
 import numpy as np
 import torch
@@ -36,12 +76,11 @@ import torch
 from data.lists import DIRECTIONS, ListSpec, check_keys, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE
 from data.provenance import changed_lists, file_digest, store_summary
-from utils import metrics, try_files
-from utils.config import OPTS_HELP, config_to_dict, load_config, require, run_dir
+from utils import metrics
+from utils.config import config_to_dict, load_config, require, run_dir
 from utils.distributed import check_device, device_of
 from utils.errors import UserError
-from utils.features import (Features, FeaturesError, as_arrays, check_embeddings, load_features_file,
-                            save_features_file)
+from utils.features import Features, FeaturesError, as_arrays, check_embeddings, read_features, save_features_file
 from utils.model_settings import build_from_checkpoint, checkpoint_config, explicit_settings
 from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
@@ -65,7 +104,7 @@ def provenance(cfg, checkpoint: str, explicit: Sequence[str] = ()) -> dict:
 
     The path is recorded for the messages only: the same bytes elsewhere make the same embeddings.
     """
-    return {
+    return json.loads(json.dumps({  # as a features file reads it back (tuples are lists)
         "checkpoint": os.path.abspath(checkpoint),
         "checkpoint_sha256": file_digest(checkpoint)[1],  # content, not size and time
         "stores": {name: store_summary(os.path.join(cfg.dataset.lmdb_dir, name)) for name in (AUDIO_STORE, FACE_STORE)},
@@ -73,7 +112,7 @@ def provenance(cfg, checkpoint: str, explicit: Sequence[str] = ()) -> dict:
                    "dataset": {k: cfg.dataset[k] for k in ("lmdb_dir", "image_size", "store_image_size",
                                                            "sample_rate", "clip_seconds")}},
         "model_settings_from_config": sorted(explicit),
-    }
+    }))
 
 
 def reusable_cache(path: str, source: dict, keys: set[str]) -> Features | None:
@@ -81,11 +120,11 @@ def reusable_cache(path: str, source: dict, keys: set[str]) -> Features | None:
     if not os.path.isfile(path):
         return None
     try:
-        data = load_features_file(path)
+        features = read_features(path)
     except FeaturesError as e:  # never trusted, never unpickled: replaced by the features extracted now
         print(f"not reusing {e}; extracting again")
         return None
-    old = data.get("source")
+    old = features.source
     changed = sorted(k for k in source if k != "checkpoint" and old and old.get(k) != source[k])
     if not old:
         reason = "it does not record the checkpoint that produced it (evaluate it as is with --features)"
@@ -93,11 +132,11 @@ def reusable_cache(path: str, source: dict, keys: set[str]) -> Features | None:
         reason = (f"it was extracted by {old.get('checkpoint')} (sha256 {str(old.get('checkpoint_sha256'))[:12]}); "
                   f"now {source['checkpoint']} (sha256 {source['checkpoint_sha256'][:12]}); "
                   f"differs in: {', '.join(changed)}")
-    elif not keys <= data["name2feat"].keys():
-        reason = f"it lacks {len(keys - data['name2feat'].keys())} of the files the lists name"
+    elif not keys <= features.name2row.keys():
+        reason = f"it lacks {len(keys - features.name2row.keys())} of the files the lists name"
     else:
         print(f"reusing the features in {path} (extracted by {old['checkpoint']}, the same content)")
-        return as_arrays(data, path)
+        return features
     print(f"not reusing {path}: {reason}; extracting again")
     return None
 
@@ -184,7 +223,7 @@ def model_features(cfg, lists: list[ListSpec], checkpoint: str, explicit: Sequen
     The model is built with the checkpoint's settings, except the `explicit` keys (utils/model_settings.py).
     """
     require(cfg, "dataset.lmdb_dir")
-    path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.pt")
+    path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.npz")
     source = provenance(cfg, checkpoint, explicit)
     keys = read_lists(cfg.dataset.list_dir, lists)
     files = files_by_modality(lists, keys)
@@ -193,37 +232,6 @@ def model_features(cfg, lists: list[ListSpec], checkpoint: str, explicit: Sequen
         return cached
     check_stores(cfg, lists, keys)
     return extract_features(cfg, checkpoint, files, source, path)
-
-
-EXAMPLES = """examples:
-  python test.py --cfg config/synthetic.yaml                  # the demo run's checkpoint_best
-  python test.py --cfg config/authors_checkpoint.yaml         # the authors' released checkpoint
-  python test.py --cfg config/cfg.yaml --opts testing.checkpoint=/path/to/checkpoint_best.pth.tar
-  python test.py --cfg config/cfg.yaml --features features_test.pt
-  python test.py --cfg config/synthetic.yaml --voice clip.wav --faces a.jpg b.jpg --plot match.png
-  python test.py --cfg config/synthetic.yaml --compare experiments/synthetic_aasm experiments/synthetic --output cmp.json
-
-writes, in <output_dir>/<exp_name>/: features_<split>.pt (the embeddings cache), results_<split>.txt,
-results_<split>.json (values, 95% intervals, list checksums, provenance), results_<split>_roc.png and
-results_<split>_scores.png; it prints the results table in the README's format. --voice, --face and
---pairs write only what --output and --plot name."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
-    parser.add_argument("--features", help="evaluate this features file (released format) instead of a model")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
-    parser.add_argument("--compare", nargs="+", metavar="RUN",
-                        help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
-    parser.add_argument("--output", metavar="FILE",
-                        help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV")
-    parser.add_argument("--model-from-config", action="store_true",
-                        help="build the encoders from the config's models.* (and dataset.sample_rate / image_size), "
-                             "not from the settings the checkpoint records")
-    try_files.add_arguments(parser)
-    return parser
 
 
 def result_path_of(cfg) -> str:
@@ -286,7 +294,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
               f"{os.path.join(cfg.dataset.list_dir, 'lists.sha256')} (edited since?); run data.prepare to check it "
               "against the stores and record it", file=sys.stderr)
     if args.features:
-        features = as_arrays(load_features_file(args.features), args.features)
+        features = read_features(args.features)
         features.source = {"features_file": os.path.abspath(args.features), **features.source}
     else:
         features = model_features(cfg, lists, checkpoint, explicit)

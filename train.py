@@ -9,12 +9,44 @@ Ctrl-C (SIGINT) or SIGTERM saves the last finished iteration and exits; `--resum
 from __future__ import annotations
 
 import argparse
+import sys
+
+from utils.config import OPTS_HELP
+
+EXAMPLES = """examples:
+  python train.py --cfg config/synthetic.yaml                 # the CPU demo on the embedded corpus
+  python train.py --cfg config/cfg.yaml --opts training.batch_size=32 training.lr=0.016
+  python train.py --cfg config/cfg.yaml --resume auto         # continue an interrupted run
+  python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2
+  torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml  # run `python -m data.prepare` first
+
+writes <output_dir>/<exp_name>/ (experiments/<exp_name>/ by default): config.yaml, run.json, train.log,
+tensorboard/, checkpoint_<iteration>.pth.tar, checkpoint_best.pth.tar; with --seeds, one such
+folder per seed in <output_dir>/<exp_name>/seed<k>/. Ctrl-C or SIGTERM saves the last finished
+iteration and prints the command that continues it."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
+    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
+    parser.add_argument("--resume", default=None, metavar="auto|PATH",
+                        help="continue from this checkpoint, or 'auto': the run folder's newest usable one")
+    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="K",
+                        help="train one run per seed, one after another, in <output_dir>/<exp_name>/seed<k>/")
+    return parser
+
+
+if __name__ == "__main__":
+    build_parser().parse_args()  # --help and usage errors answer before the imports below (seconds of torch)
+
+# The training's imports, after the command line is known to be valid (flake8: E402 by design).
 import copy
 import logging
 import os
 import random
 import signal
-import sys
 import time
 
 import numpy as np
@@ -33,7 +65,7 @@ from models.pair_encoder import PairEncoder
 from utils import distributed
 from utils.checkpoint import (checkpoint_run, load_pretrained_face, load_pretrained_voice, prune_checkpoints,
                               read_checkpoint, set_aside)
-from utils.config import DEFAULTS, OPTS_HELP, ConfigError, load_config, require, run_dir
+from utils.config import DEFAULTS, ConfigError, load_config, require, run_dir
 from utils.errors import CheckpointError, UserError
 from utils.evaluation import validate
 from utils.files import remove_stale_temporaries
@@ -575,31 +607,6 @@ def resume_command() -> str:
 def override_keys(opts: list[str]) -> set[str]:
     """The config keys named in --opts (key=value ...)."""
     return {opt.split("=", 1)[0].strip() for opt in opts}
-
-
-EXAMPLES = """examples:
-  python train.py --cfg config/synthetic.yaml                 # the CPU demo on the embedded corpus
-  python train.py --cfg config/cfg.yaml --opts training.batch_size=32 training.lr=0.016
-  python train.py --cfg config/cfg.yaml --resume auto         # continue an interrupted run
-  python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2
-  torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml  # run `python -m data.prepare` first
-
-writes <output_dir>/<exp_name>/ (experiments/<exp_name>/ by default): config.yaml, run.json, train.log,
-tensorboard/, checkpoint_<iteration>.pth.tar, checkpoint_best.pth.tar; with --seeds, one such
-folder per seed in <output_dir>/<exp_name>/seed<k>/. Ctrl-C or SIGTERM saves the last finished
-iteration and prints the command that continues it."""
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
-    parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
-    parser.add_argument("--resume", default=None, metavar="auto|PATH",
-                        help="continue from this checkpoint, or 'auto': the run folder's newest usable one")
-    parser.add_argument("--seeds", nargs="+", type=int, default=None, metavar="K",
-                        help="train one run per seed, one after another, in <output_dir>/<exp_name>/seed<k>/")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,7 +74,7 @@ def run_config(folder: str, cfg):
     run_cfg.dataset.list_dir = cfg.dataset.list_dir
     run_cfg.testing.update(split=split, bootstrap=cfg.testing.bootstrap, ci_seed=cfg.testing.ci_seed,
                            checkpoint=os.path.join(folder, "checkpoint_best.pth.tar"),
-                           extracted_features_path=os.path.join(folder, f"features_{split}.pt"),
+                           extracted_features_path=os.path.join(folder, f"features_{split}.npz"),
                            result_path=os.path.join(folder, f"results_{split}.txt"))
     return run_cfg
 

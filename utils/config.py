@@ -124,7 +124,7 @@ DEFAULTS: dict[str, Any] = {
     "testing": {
         "split": "test",
         "checkpoint": None,  # default: <output_dir>/<exp_name>/checkpoint_best.pth.tar
-        "extracted_features_path": None,  # default: <run>/features_<split>.pt
+        "extracted_features_path": None,  # default: <run>/features_<split>.npz (a .pt path: the released format)
         "result_path": None,  # default: <run>/results_<split>.txt
         "batch_size": 32,
         "bootstrap": 1000,

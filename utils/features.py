@@ -1,11 +1,14 @@
-"""Embeddings files in the released format (name2feat, name2id, name2gender) and their array form."""
+"""Embeddings files and their array form: the released format (name2feat, name2id, name2gender: one tensor per
+file through torch's unpickler) and the compact one (`.npz`: a key list and one matrix, read without pickle)."""
 from __future__ import annotations
 
 import functools
 import io
+import json
 import os
 import pickle
 import re
+import zipfile
 from dataclasses import dataclass, field
 from itertools import repeat
 
@@ -84,12 +87,55 @@ def as_arrays(data: dict, path: str) -> Features:
     return Features(dict(zip(keys, range(len(keys)))), embeddings, ids, data.get("source", {}))
 
 
+COMPACT_SUFFIX = ".npz"
+COMPACT_ARRAYS = ("keys", "embeddings", "ids", "genders", "source")
+
+
+def is_compact(path: str) -> bool:
+    """The format follows the file name: `.npz` is the compact one, anything else the released one."""
+    return path.endswith(COMPACT_SUFFIX)
+
+
+def read_compact(path: str) -> Features:
+    """A compact features file: arrays only (allow_pickle=False), checked for shape before use."""
+    if not os.path.isfile(path):
+        raise FeaturesError(f"features file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = sorted(set(COMPACT_ARRAYS) - set(data.files))
+            if missing:
+                raise FeaturesError(f"{path}: not a compact features file: it lacks {missing}")
+            keys, embeddings, ids = data["keys"], data["embeddings"], data["ids"]
+            source = json.loads(str(data["source"]))
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
+        raise FeaturesError(f"{path}: not a readable compact features file ({type(e).__name__}: {e})") from None
+    if (keys.ndim != 1 or not keys.size or embeddings.ndim != 2 or embeddings.shape[0] != keys.size
+            or ids.shape != keys.shape or keys.dtype.kind != "U" or ids.dtype.kind not in "iu"
+            or embeddings.dtype.kind != "f"):
+        raise FeaturesError(f"{path}: malformed compact features file: keys {keys.shape} {keys.dtype}, embeddings "
+                            f"{embeddings.shape} {embeddings.dtype}, ids {ids.shape} {ids.dtype}")
+    names = keys.tolist()
+    return Features(dict(zip(names, range(len(names)))), embeddings.astype(np.float32, copy=False),
+                    ids.astype(np.int64, copy=False), source if isinstance(source, dict) else {})
+
+
+def read_features(path: str) -> Features:
+    """Either format, by its name (is_compact), as arrays."""
+    return read_compact(path) if is_compact(path) else as_arrays(load_features_file(path), path)
+
+
 def save_features_file(path: str, keys: list[str], embeddings: torch.Tensor, ids: list[int],
                        genders: list[str], source: dict) -> None:
-    """Released format; the rows stay views of one tensor, so the file loads fast. Serialised in memory first,
-    so that a full disk is a plain write error naming the path; written atomically (utils/files.py)."""
+    """Written atomically (utils/files.py): compact for a `.npz` path, else in the released format (its rows views
+    of one tensor, so the file loads fast). Serialised in memory first, so that a full disk is a plain write error
+    naming the path."""
     buffer = io.BytesIO()
-    torch.save({"name2feat": dict(zip(keys, embeddings.unbind(0))), "name2id": dict(zip(keys, ids)),
-                "name2gender": dict(zip(keys, genders)), "source": source}, buffer)
+    if is_compact(path):
+        np.savez(buffer, keys=np.array(keys, dtype=str), embeddings=embeddings.float().numpy(),
+                 ids=np.asarray(ids, dtype=np.int64), genders=np.array(genders, dtype=str),
+                 source=np.array(json.dumps(source)))
+    else:
+        torch.save({"name2feat": dict(zip(keys, embeddings.unbind(0))), "name2id": dict(zip(keys, ids)),
+                    "name2gender": dict(zip(keys, genders)), "source": source}, buffer)
     with atomic_write(path, "wb") as f:
         f.write(buffer.getbuffer())

@@ -7,14 +7,13 @@ arrays: no loop over list lines or queries. Values are fractions (the table mult
 """
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from itertools import repeat
 from statistics import NormalDist
 from typing import Mapping, NamedTuple
 
 import numpy as np
-import torch
-from sklearn import metrics as sklearn_metrics
 
 from utils.errors import UserError
 
@@ -145,6 +144,8 @@ def matching_correct(scores: np.ndarray) -> np.ndarray:
 
 def roc_curve(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) at every distinct score, descending, starting from (0, 0)."""
+    from sklearn import metrics as sklearn_metrics  # seconds to import: only where a curve is drawn
+
     return sklearn_metrics.roc_curve(np.asarray(labels, dtype=bool), scores, drop_intermediate=False)
 
 
@@ -154,6 +155,8 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     positives, negatives = int(labels.sum()), int((~labels).sum())
     if positives == 0 or negatives == 0:
         raise ValueError(f"AUC needs both same- and different-identity pairs, got {positives} and {negatives}")
+    from sklearn import metrics as sklearn_metrics
+
     return float(sklearn_metrics.roc_auc_score(labels, scores))
 
 
@@ -170,6 +173,8 @@ def equal_error_rate(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def _searchsorted_rows(sorted_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Per row, how many entries of the ascending row are < each value."""
+    import torch  # numpy has no row-wise searchsorted
+
     return torch.searchsorted(torch.from_numpy(sorted_rows), torch.from_numpy(values)).numpy()
 
 
@@ -181,7 +186,7 @@ def average_precisions(queries: np.ndarray, gallery: np.ndarray, query_ids: np.n
     precision of the tie (scikit-learn's average_precision_score). Only the ranks
     of the relevant items are needed: each block of queries sorts its rows of the
     similarity matrix once and looks the relevant scores up in them. Blocks bound
-    the memory and run on torch's intra-op thread count (the sorts release the GIL).
+    the memory and run on a thread per CPU core (the sorts release the GIL).
     A query with no relevant gallery item gets NaN.
     """
     gallery_order = np.argsort(gallery_ids, kind="stable")
@@ -206,7 +211,7 @@ def average_precisions(queries: np.ndarray, gallery: np.ndarray, query_ids: np.n
 
     step = max(1, chunk_bytes // (4 * len(unit_gallery)))
     blocks = [slice(b, b + step) for b in range(0, len(unit_queries), step)]
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         sums = np.concatenate(list(pool.map(precision_sums, blocks)))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(relevant > 0, sums / relevant, np.nan)

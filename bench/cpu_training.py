@@ -1,0 +1,122 @@
+"""The CPU demo's training step under the settings the field tries on CPU, side by side in one run.
+
+    python bench/cpu_training.py [--iterations 40] [--rounds 4] [--variants baseline channels_last ...]
+
+config/synthetic.yaml's encoders, batch and input sizes (64 px faces, 1-2 s crops), the demo's loss with
+IE at an iteration after re-gauging, through train.py's own pieces (build_state, forward_loss,
+optimizer_step), on the same pre-made batches for every variant (the loader is not timed: it runs in its
+own workers). Variants run in interleaved rounds so that a loaded machine slows them alike; each starts
+from the same weights, and its loss trajectory is compared with the baseline's (the demo's numbers must
+stay within the float-trajectory spread: |Δ loss| ≤ 1e-5 over the first iterations). Prints s/iteration,
+the ratio to the baseline and the largest loss difference, and the 3000-iteration demo's training time
+this rate implies (validations and checkpoints not included).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import os
+import sys
+import time
+
+import torch
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(BENCH))
+sys.path.insert(0, BENCH)
+
+from device_check import one_step, synthetic_batch  # noqa: E402
+from train import build_state  # noqa: E402
+from utils.config import load_config  # noqa: E402
+
+SYNTHETIC = os.path.join(os.path.dirname(BENCH), "config", "synthetic.yaml")
+
+
+@contextlib.contextmanager
+def flag(setter, value):
+    """Set a global torch switch for one variant's round, then restore it."""
+    previous = setter(value)
+    try:
+        yield
+    finally:
+        setter(previous)
+
+
+def mkldnn(enabled: bool) -> bool:
+    previous = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = enabled
+    return previous
+
+
+def threads(count: int) -> int:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    return previous
+
+
+def prepared(state, variant: str):
+    """The variant's model (and how its batches are laid out)."""
+    if variant == "channels_last":
+        state.model = state.model.to(memory_format=torch.channels_last)
+    return state
+
+
+def context(variant: str):
+    if variant == "no_mkldnn":
+        return flag(mkldnn, False)
+    if variant == "one_thread":
+        return flag(threads, 1)
+    return contextlib.nullcontext()
+
+
+def layout(batch: tuple, variant: str) -> tuple:
+    if variant != "channels_last":
+        return batch
+    faces = batch[0]
+    # (B, 2, 3, S, S): the trainer indexes faces[:, k], so the per-image layout is what matters
+    nhwc = faces.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
+    return (nhwc, *batch[1:])
+
+
+VARIANTS = ("baseline", "channels_last", "no_mkldnn", "one_thread")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--iterations", type=int, default=40, help="iterations per variant")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds the iterations are split into")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    args = parser.parse_args()
+    cfg = load_config(SYNTHETIC)
+    device = torch.device("cpu")
+    generator = torch.Generator().manual_seed(0)
+    batches = [synthetic_batch(cfg, device, generator) for _ in range(args.iterations)]
+    variants = ["baseline"] + [v for v in args.variants if v != "baseline"]
+    torch.manual_seed(0)
+    initial = build_state(cfg, cfg.training.batch_size, device)
+    states = {v: prepared(copy.deepcopy(initial), v) for v in variants}
+    losses = {v: [] for v in variants}
+    seconds = dict.fromkeys(variants, 0.0)
+    per_round = -(-args.iterations // args.rounds)
+    for start in range(0, args.iterations, per_round):
+        for v in variants:
+            with context(v):
+                began = time.perf_counter()
+                for batch in batches[start:start + per_round]:
+                    losses[v].append(float(one_step(states[v], cfg, layout(batch, v), device)))
+                seconds[v] += time.perf_counter() - began
+    base = seconds["baseline"] / args.iterations
+    print(f"config/synthetic.yaml step, batch {cfg.training.batch_size}, {args.iterations} iterations per variant in "
+          f"{args.rounds} interleaved rounds, {torch.get_num_threads()} torch threads, "
+          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print("| variant | s/iteration | speed vs baseline | max abs Δ loss vs baseline | 3000 iterations |\n"
+          "|---|---|---|---|---|")
+    for v in variants:
+        rate = seconds[v] / args.iterations
+        delta = max(abs(a - b) for a, b in zip(losses[v], losses["baseline"]))
+        print(f"| {v} | {rate:.3f} | {base / rate:.2f}x | {delta:.1e} | {3000 * rate / 60:.1f} min |")
+
+
+if __name__ == "__main__":
+    main()
