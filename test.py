@@ -81,7 +81,7 @@ from utils.config import config_to_dict, load_config, require, run_dir
 from utils.distributed import check_device, device_of
 from utils.errors import UserError
 from utils.features import Features, FeaturesError, as_arrays, check_embeddings, read_features, save_features_file
-from utils.model_settings import build_from_checkpoint, checkpoint_config, explicit_settings
+from utils.model_settings import build_from_checkpoint, explicit_settings
 from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 
@@ -276,8 +276,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
         return compare(cfg, args.compare, args.output,
                        lambda c, lists: model_features(c, lists, checkpoint_of(c), explicit), args.cfg)
     if try_files.requested(args, parser):
-        checkpoint = checkpoint_of(cfg)
-        try_files.run(args, checkpoint_config(cfg, checkpoint, explicit), checkpoint)
+        try_files.run(args, cfg, checkpoint_of(cfg))
         return []
     require(cfg, "dataset.list_dir")
     split = cfg.testing.split

@@ -72,11 +72,6 @@ def _details(differences: list[tuple[str, object, object]]) -> str:
     return ", ".join(f"{k} (checkpoint {saved!r}, config {given!r})" for k, saved, given in differences)
 
 
-def checkpoint_config(cfg: EasyDict, path: str, explicit: Iterable[str] = ()) -> EasyDict:
-    """The config the checkpoint's model is built with (see `reconciled`), without building it."""
-    return reconciled(cfg, saved_settings(read_checkpoint(path)), path, explicit)
-
-
 def reconciled(cfg: EasyDict, saved: dict | None, path: str, explicit: Iterable[str] = ()) -> EasyDict:
     """The config with the checkpoint's model settings, except where `explicit` asks for the config's.
 

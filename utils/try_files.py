@@ -85,7 +85,8 @@ def run(args: argparse.Namespace, cfg: EasyDict, checkpoint: str) -> dict:
     """Score the files the arguments name with the checkpoint's encoders; returns what --output holds."""
     make_output_folders(args)
     sys.stdout.reconfigure(errors="backslashreplace")  # a file name that is not UTF-8 is printed, not a traceback
-    matcher = VoiceFaceMatcher.load(cfg, checkpoint, detect_faces=args.detect_face)
+    matcher = VoiceFaceMatcher.load(cfg, checkpoint, args.opts, detect_faces=args.detect_face,
+                                    model_from_config=args.model_from_config)
     print(f"checkpoint: {checkpoint}")
     if args.pairs:
         return score_pairs(matcher, args.pairs, args.root, args.output)
