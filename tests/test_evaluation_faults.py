@@ -15,7 +15,7 @@ import torch
 
 from helpers import DATA, ROOT, load_test_script, save_config, tiny_config
 from utils.errors import UserError
-from utils.features import FeaturesError, load_features_file, save_features_file
+from utils.features import FeaturesError, load_features_file, read_features, save_features_file
 from utils.files import WriteError
 
 script = load_test_script()
@@ -84,8 +84,8 @@ def test_truncated_features_file_is_one_line(tmp_path):
 
 
 def test_a_planted_or_torn_cache_is_never_trusted(tiny_cfg, tmp_path, capsys):
-    _, argv = model_run(tiny_cfg, tmp_path)
-    cache = tmp_path / "run" / "features_test.pt"
+    cache = tmp_path / "run" / "features_test.pt"  # the released format: a config naming a .pt cache
+    _, argv = model_run(tiny_cfg, tmp_path, f"testing.extracted_features_path={cache}")
     torch.save({"name2feat": MakesAFolder(str(tmp_path / "made")), "name2id": {}, "name2gender": {}}, cache)
     results = script.main(argv)
     out = capsys.readouterr().out
@@ -95,6 +95,16 @@ def test_a_planted_or_torn_cache_is_never_trusted(tiny_cfg, tmp_path, capsys):
     again = script.main(argv)
     assert f"not reusing {cache}: truncated or corrupt" in capsys.readouterr().out
     assert [r.value for r in again] == [r.value for r in results]
+
+
+def test_a_pickle_planted_as_the_compact_cache_is_never_unpickled(tiny_cfg, tmp_path, capsys):
+    _, argv = model_run(tiny_cfg, tmp_path)
+    cache = tmp_path / "run" / "features_test.npz"  # the default cache
+    torch.save({"name2feat": MakesAFolder(str(tmp_path / "made")), "name2id": {}, "name2gender": {}}, cache)
+    script.main(argv)
+    out = capsys.readouterr().out
+    assert f"not reusing {cache}: " in out and "extracting again" in out
+    assert not (tmp_path / "made").exists() and read_features(str(cache)).embeddings.shape[0] > 0
 
 
 def reference_with(tmp_path, change) -> str:
