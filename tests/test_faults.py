@@ -141,6 +141,7 @@ def test_a_second_run_on_the_same_folder_refuses_and_a_stale_lock_is_taken_over(
     assert not lock.exists()
 
 
+@pytest.mark.slow
 def test_resume_auto_skips_bad_checkpoints_and_corrupt_files_are_one_line_errors(tiny_cfg, tmp_path):
     path, run = write_config(tiny_cfg, tmp_path)
     assert train(path).returncode == 0  # checkpoints 1, 2, 4
@@ -178,6 +179,7 @@ def test_resume_auto_skips_bad_checkpoints_and_corrupt_files_are_one_line_errors
                    "models.face.pretrained")
 
 
+@pytest.mark.slow
 def test_resume_with_another_model_batch_or_schedule_needs_explicit_opts(tiny_cfg, tmp_path):
     path, run = write_config(tiny_cfg, tmp_path)
     assert train(path).returncode == 0

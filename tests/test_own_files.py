@@ -288,6 +288,7 @@ def test_pairs_files_as_untrusted_input(own, tmp_path):
         f"test.py: {pairs}, line 2: not UTF-8 text (byte 1 of the line)"
 
 
+@pytest.mark.slow
 def test_a_million_pairs_lines_in_bounded_memory(own, tmp_path, capsys):
     from utils.try_files import read_pairs
 

@@ -87,6 +87,7 @@ def test_pruning_and_resume_candidates_follow_the_run_ids(tmp_path):
                                "checkpoint_9.pth.tar", "run.json"]
 
 
+@pytest.mark.slow
 def test_runs_and_branches_keep_their_checkpoints_apart(tiny_cfg, tmp_path):
     path, run = write_config(tiny_cfg, tmp_path, "run", "training.max_iter=8")
     assert train(path).returncode == 0  # checkpoints 1, 2, 4, 6, 8 of one run

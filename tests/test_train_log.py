@@ -3,6 +3,8 @@ and a line where BCR switches on."""
 import os
 import re
 
+import pytest
+
 from easydict import EasyDict
 
 from helpers import tiny_config
@@ -84,6 +86,7 @@ def test_a_micro_runs_train_log_has_a_line_per_log_iter_and_the_bcr_switch(tiny_
     check_train_log(str(tmp_path / "micro"), max_iter=12, log_iter=4, regauge_iter=8, refreshes=[4, 8, 12])
 
 
+@pytest.mark.slow
 def test_a_short_runs_train_log_has_a_line_per_log_iter_and_the_bcr_switch(short_run):
     """The short run (400 iterations, log_iter 20, BCR and the lr drop at 300, IE refreshes every 50 from 200)."""
     check_train_log(short_run["run_dir"], max_iter=400, log_iter=20, regauge_iter=300,

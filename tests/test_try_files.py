@@ -351,6 +351,7 @@ def test_a_photo_without_a_face_is_skipped_by_name(model_run, tmp_path):
 
 # ---------------------------------------------------------------- a trained model, the README
 
+@pytest.mark.slow
 def test_one_of_two_choices_of_a_trained_model_from_the_command_line(short_run, tmp_path):
     """The match lists of a short run as --pairs: right well above chance, and exactly test.py's accuracy."""
     import test as evaluation
