@@ -13,7 +13,7 @@ dependencies = ["torch", "numpy", "soundfile", "librosa", "cv2", "PIL", "dlib", 
 
 def voice_face_matcher(checkpoint: str, cfg: str = "config/synthetic.yaml", opts=(), device: str | None = None,
                        detect_faces: bool = False):
-    """utils.inference.VoiceFaceMatcher of `checkpoint` with the encoders of `cfg` (a path or a loaded config)."""
-    from utils.inference import VoiceFaceMatcher
+    """evaluation.matcher.VoiceFaceMatcher of `checkpoint` with the encoders of `cfg` (a path or a loaded config)."""
+    from evaluation.matcher import VoiceFaceMatcher
 
     return VoiceFaceMatcher.load(cfg, checkpoint, opts, device, detect_faces)

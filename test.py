@@ -13,7 +13,7 @@ a path ending in `.pt` writes the released format), then evaluate. With
     python test.py --cfg CFG --face x.jpg --voices v1.wav v2.flac [--output out.json] [--plot out.png]
     python test.py --cfg CFG --pairs FILE [--root DIR] --output out.csv
 
-With --voice, --face or --pairs: score your own files with that checkpoint instead (utils/try_files.py).
+With --voice, --face or --pairs: score your own files with that checkpoint instead (evaluation/own_files.py).
 
 Writes `testing.result_path` (one `list value` line per list, in %), a JSON
 beside it with every value, its 95% interval and the provenance of the
@@ -21,7 +21,7 @@ embeddings, and PNG plots (ROC curves, score histograms).
 
 With --compare: evaluate each RUN (a run folder or a folder of seed<k> runs) on
 the lists of CFG where not done yet and compare them against the first RUN
-(utils/compare.py).
+(evaluation/compare.py).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from utils import try_files
+from evaluation import own_files as try_files
 from utils.config import OPTS_HELP
 
 EXAMPLES = """examples:
@@ -73,16 +73,15 @@ import os
 import numpy as np
 import torch
 
-from data.lists import DIRECTIONS, ListSpec, check_keys, list_path
+from data.lists import DIRECTIONS, ListError, ListSpec, check_keys, evaluation_lists, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE
 from data.provenance import changed_lists, file_digest, store_summary
-from utils import metrics
+from evaluation.features import Features, FeaturesError, check_embeddings, read_features, save_features_file
+from evaluation.protocol import Result, evaluate, format_table, write_outputs
+from models.settings import build_from_checkpoint, explicit_settings
 from utils.config import config_to_dict, load_config, require, run_dir
 from utils.distributed import check_device, device_of
 from utils.errors import UserError
-from utils.features import Features, FeaturesError, as_arrays, check_embeddings, read_features, save_features_file
-from utils.model_settings import build_from_checkpoint, explicit_settings
-from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 
 class MissingCheckpoint(UserError, FileNotFoundError):
@@ -100,7 +99,7 @@ def checkpoint_of(cfg) -> str:
 
 def provenance(cfg, checkpoint: str, explicit: Sequence[str] = ()) -> dict:
     """What embeddings depend on: the checkpoint's content (sha256), the config of model and inputs, and which
-    model settings are taken from the config rather than the checkpoint (`explicit`, utils/model_settings.py).
+    model settings are taken from the config rather than the checkpoint (`explicit`, models/settings.py).
 
     The path is recorded for the messages only: the same bytes elsewhere make the same embeddings.
     """
@@ -180,7 +179,7 @@ def identities_of(cfg, keys: list[str]) -> tuple[list[int], list[str]]:
     try:
         labels = key_labels(keys, identities).tolist()
     except KeyError as e:
-        raise metrics.ListError(f"{e.args[0]}: {split_path(cfg.dataset.list_dir, cfg.testing.split)}") from None
+        raise ListError(f"{e.args[0]}: {split_path(cfg.dataset.list_dir, cfg.testing.split)}") from None
     return labels, [identities[i].gender for i in labels]
 
 
@@ -201,7 +200,7 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
 
     The model has the checkpoint's settings but those `source` says come from the config, and the sample rate
     (the stores hold the audio at the config's)."""
-    from utils.evaluation import embed
+    from evaluation.extraction import embed
 
     keys = files["voice"] + files["face"]
     ids, genders = identities_of(cfg, keys)
@@ -220,7 +219,7 @@ def extract_features(cfg, checkpoint: str, files: dict[str, list[str]], source: 
 def model_features(cfg, lists: list[ListSpec], checkpoint: str, explicit: Sequence[str] = ()) -> Features:
     """The embeddings of the checkpoint's model: the cache when it is the same model's, else extracted.
 
-    The model is built with the checkpoint's settings, except the `explicit` keys (utils/model_settings.py).
+    The model is built with the checkpoint's settings, except the `explicit` keys (models/settings.py).
     """
     require(cfg, "dataset.lmdb_dir")
     path = cfg.testing.extracted_features_path or os.path.join(run_dir(cfg), f"features_{cfg.testing.split}.npz")
@@ -271,7 +270,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
         check_device(cfg.device)
     check_outputs(args, cfg)
     if args.compare:
-        from utils.compare import compare
+        from evaluation.compare import compare
 
         return compare(cfg, args.compare, args.output,
                        lambda c, lists: model_features(c, lists, checkpoint_of(c), explicit), args.cfg)
@@ -285,7 +284,7 @@ def main(argv: list[str] | None = None) -> list[Result] | dict:
     paths = [list_path(cfg.dataset.list_dir, t.name) for t in lists]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise metrics.ListError(f"list file not found: {missing[0]} ({len(missing)} of the {len(lists)} test lists "
+        raise ListError(f"list file not found: {missing[0]} ({len(missing)} of the {len(lists)} test lists "
                                 f"missing); generate them with `python -m data.prepare --cfg {args.cfg}` or unzip "
                                 "the authors' gen_list.zip into the folder of config key dataset.list_dir")
     for path in changed_lists(cfg.dataset.list_dir, paths):

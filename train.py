@@ -58,16 +58,16 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
+from evaluation.extraction import validate
 from losses import InstanceEquilibrium, should_refresh, total_loss
 from losses.diagnostics import TrainingDiagnostics, weight_summary
 from models import build_model
+from models.layouts import load_pretrained_face, load_pretrained_voice
 from models.pair_encoder import PairEncoder
 from utils import distributed
-from utils.checkpoint import (checkpoint_run, load_pretrained_face, load_pretrained_voice, prune_checkpoints,
-                              read_checkpoint, set_aside)
+from utils.checkpoint import checkpoint_run, prune_checkpoints, read_checkpoint, set_aside
 from utils.config import DEFAULTS, ConfigError, load_config, require, run_dir
 from utils.errors import CheckpointError, UserError
-from utils.evaluation import validate
 from utils.files import remove_stale_temporaries
 from utils.run_folder import acquire_lock, release_lock
 from utils.train_state import (

@@ -12,7 +12,7 @@ On the paper's encoders (config/cfg.yaml's models, random weights) with inputs o
   torchrun    `torch.distributed.run --standalone --nproc_per_node 1` with NCCL through a validation,
               a checkpoint, a SIGTERM and `--resume auto`, on a tiny schedule;
   extract     features of the test split's size (21,850 clips, 20,076 faces, generated), then the ten
-              lists' evaluation of them (utils/protocol.py; numpy on the host), seconds for each;
+              lists' evaluation of them (evaluation/protocol.py; numpy on the host), seconds for each;
   cudnn       cudnn.benchmark on and off for the voice encoder over varying crop lengths.
 Each part states its time against its budget (the budgets add up to 5 minutes). Without CUDA the
 CPU parts run (train and loader in float32, extract) and the table names the parts skipped; the
@@ -41,17 +41,17 @@ ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 
 from data.datasets import TrainDataset, clip_samples, train_loader  # noqa: E402
-from data.lists import list_path  # noqa: E402
+from data.lists import evaluation_lists, list_path  # noqa: E402
 from data.prepare import prepare  # noqa: E402
 from data.synthetic import generate_corpus  # noqa: E402
 from models import build_model  # noqa: E402
 from evaluate import identity_of, test_split_files, write_lists  # noqa: E402  (bench/evaluate.py)
 from train import build_state, forward_loss, optimizer_step, wrap_encoders  # noqa: E402
+from evaluation.extraction import embed_batches  # noqa: E402
+from evaluation.features import Features  # noqa: E402
+from evaluation.protocol import evaluate_list  # noqa: E402
 from utils import distributed  # noqa: E402
 from utils.config import config_to_dict, load_config  # noqa: E402
-from utils.evaluation import embed_batches  # noqa: E402
-from utils.features import Features  # noqa: E402
-from utils.protocol import evaluate_list, evaluation_lists  # noqa: E402
 
 PAPER = os.path.join(ROOT, "config", "cfg.yaml")
 SYNTHETIC = os.path.join(ROOT, "config", "synthetic.yaml")

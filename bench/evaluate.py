@@ -5,7 +5,7 @@
 Builds the released test split's shape (189 identities, 21,850 clips, 20,076
 images, 128-d random embeddings), writes the ten lists with the project's
 generator (data/lists.py) and a features file in the released format, then:
-1. times each list's metric vectorised (utils.metrics) and as a plain loop over
+1. times each list's metric vectorised (evaluation.metrics) and as a plain loop over
    lines / queries (the release's way), the loop on the first lines / queries
    only and extrapolated, both on the same subset checked to agree;
 2. runs the whole `python test.py --features` process (intervals and plots
@@ -29,10 +29,10 @@ from sklearn.metrics import roc_auc_score
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from data.lists import list_names, list_path, list_specs, make_list  # noqa: E402
+from data.lists import list_names, list_path, list_specs, make_list, read_list, read_retrieval_list  # noqa: E402
 from data.splits import Identity  # noqa: E402
-from utils import metrics  # noqa: E402
-from utils.features import save_features_file  # noqa: E402
+from evaluation import metrics  # noqa: E402
+from evaluation.features import save_features_file  # noqa: E402
 
 IDENTITIES, CLIPS, IMAGES, DIM = 189, 21850, 20076, 128
 
@@ -156,12 +156,12 @@ def compare(list_dir: str, features_path: str, loop_lines: int, loop_queries: in
         path = list_path(list_dir, name)
         kind = {"match": "matching", "verify": "verification", "reterival": "retrieval"}[name.split("_")[0]]
         if kind == "retrieval":
-            rows = metrics.read_retrieval_list(path, name2row)
+            rows = read_retrieval_list(path, name2row)
             size, subset_size = len(rows[0]), min(loop_queries, len(rows[0]))
             subset = (rows[0][:subset_size], rows[1])
             loop_value, loop_time = timed(loop_retrieval, tensors, ids, *subset)
         else:
-            rows = metrics.read_list(path, name2row)
+            rows = read_list(path, name2row)
             size, subset_size = len(rows), min(loop_lines, len(rows))
             subset = rows[:subset_size]
             if kind == "matching":

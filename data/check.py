@@ -18,15 +18,11 @@ from PIL import Image
 
 from data.datasets import store_params
 from data.layout import FACE, VOICE, as_store_keys, resolve_keys
+from data.lists import EVAL_SPLITS, ListError, evaluation_lists, list_path
 from data.lmdb_store import settings_mismatch, verify_store
-from data.lists import list_path
-from data.prepare import EVAL_SPLITS, _Scanner
+from data.scan import IdentityScanner
 from data.splits import (SPLITS, UNUSABLE, Identity, assign_splits, read_meta, read_split_file, split_of_ranges,
                          split_path)
-from utils.metrics import ListError
-from utils.protocol import evaluation_lists
-
-# The paper's VoxCeleb1 ∩ VGGFace split (README, "Reproducing the paper").
 VOXCELEB1_RANGES = {"val": ["id10001", "id10116"], "test": ["id10117", "id10309"], "train": ["id10310", "id11251"]}
 PAPER_IDENTITIES = {"train": 924, "val": 112, "test": 189}
 PAPER_FILES = {"test": (21850, 20076)}  # (clips, images)
@@ -55,7 +51,7 @@ def probe_image(path: str) -> str:
     return ""
 
 
-def _split_identities(cfg: EasyDict, splits: tuple[str, ...], scanner: _Scanner, problems: list[str]
+def _split_identities(cfg: EasyDict, splits: tuple[str, ...], scanner: IdentityScanner, problems: list[str]
                       ) -> dict[str, list[Identity]]:
     """Every identity of each split with its Set (`none` when it lacks data): the CSV when it exists,
     else what data.prepare would write."""
@@ -80,7 +76,7 @@ def _probe_all(paths: list[str], probe, workers: int) -> list:
     return list(map(probe, paths))
 
 
-def _report_split(cfg: EasyDict, split: str, identities: list[Identity], scanner: _Scanner, workers: int,
+def _report_split(cfg: EasyDict, split: str, identities: list[Identity], scanner: IdentityScanner, workers: int,
                   problems: list[str], counts: dict) -> np.ndarray:
     """Print one split's report; returns the keys of its usable files in the stores' form."""
     usable = [i for i in identities if i.set != UNUSABLE]
@@ -195,7 +191,7 @@ def check(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> bool:
     if problems:
         print("\n".join(f"MISSING {p}" for p in problems))
         return False
-    scanner = _Scanner(cfg)
+    scanner = IdentityScanner(cfg)
     identities = _split_identities(cfg, splits, scanner, problems)
     workers = min(len(os.sched_getaffinity(0)), 8)
     counts, queries = {}, {}

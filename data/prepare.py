@@ -23,91 +23,22 @@ from typing import Iterator
 
 import numpy as np
 from easydict import EasyDict
-from tqdm import tqdm
 
+from data.check import check
 from data.datasets import open_store, store_params
-from data.layout import FACE, VOICE, as_store_keys, identity_folder, other_name, resolve_rows, store_name
-from data.lists import check_keys, list_names, list_path, unlistable_reason, write_lists
+from data.layout import FACE, VOICE, as_store_keys, other_name, resolve_rows, store_name
+from data.lists import EVAL_SPLITS, ListError, check_keys, evaluation_lists, list_names, list_path, write_lists
 from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, MissingKeyError, StoreError,
                              build_store, encode_audio, encode_image, read_info, settings_mismatch,
                              store_is_current)
 from data.provenance import write_list_checksums
+from data.scan import ROOT_KEYS, IdentityScanner
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
+from utils.config import OPTS_HELP, load_config
 from utils.errors import UserError
-from utils.metrics import ListError
-from utils.protocol import evaluation_lists
 
-AUDIO_EXTENSIONS = (".wav",)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-EXTENSIONS = {VOICE: AUDIO_EXTENSIONS, FACE: IMAGE_EXTENSIONS}
-EVAL_SPLITS = ("val", "test")
 LOCK_FILE = "prepare.lock"  # in dataset.lmdb_dir, holding the pid of the data.prepare writing there
-ROOT_KEYS = {VOICE: "dataset.audio_data_dir", FACE: "dataset.image_data_dir"}
-
-
-def scan(root: str, folder: str, extensions: tuple[str, ...]) -> list[str] | None:
-    """Sorted keys `folder/.../file` of the files under root/folder, or None if the folder is missing."""
-    top = os.path.join(root, folder)
-    if not os.path.isdir(top):
-        return None
-    keys = []
-    for here, dirs, files in os.walk(top):
-        dirs.sort()
-        rel = os.path.relpath(here, root).replace(os.sep, "/")
-        keys += [f"{rel}/{f}" for f in sorted(files) if f.lower().endswith(extensions)]
-    return keys
-
-
-class _Scanner:
-    """Cached scans of identity folders (the split rule and the stores both need them); an identity's
-    folder may be named by its VoxCeleb1 ID or its VGGFace name (data/layout.py).
-
-    Files whose names the lists cannot carry are left out, with the reason, in `unlisted[(modality, id)]`.
-    """
-
-    def __init__(self, cfg: EasyDict):
-        self.roots = {VOICE: cfg.dataset.audio_data_dir, FACE: cfg.dataset.image_data_dir}
-        self._cache: dict[tuple[str, str], tuple[str | None, list[str] | None]] = {}
-        self.unlisted: dict[tuple[str, str], list[tuple[str, str]]] = {}  # -> [(file, reason)]
-
-    def found(self, identity: Identity, modality: str) -> tuple[str | None, list[str] | None]:
-        """(the identity's folder name on disk, keys of its listable files relative to the root), or (None, None)."""
-        key = (modality, identity.vox_id)
-        if key not in self._cache:
-            root = self.roots[modality]
-            folder = identity_folder(root, identity, modality)
-            outside = folder and self.outside(modality, folder)
-            keys = scan(root, folder, EXTENSIONS[modality]) if folder and not outside else None
-            if outside:
-                keys = []
-                self.unlisted[key] = [(os.path.join(root, folder), outside)]
-            reasons = [unlistable_reason(k) or self.outside(modality, k) for k in keys or ()]
-            self.unlisted.setdefault(key, [])
-            self.unlisted[key] += [(os.path.join(root, k), r) for k, r in zip(keys or (), reasons) if r]
-            self._cache[key] = (folder, None if keys is None else [k for k, r in zip(keys, reasons) if not r])
-        return self._cache[key]
-
-    def outside(self, modality: str, relative: str) -> str | None:
-        """Why root/relative may not be read: a link leading outside the configured folder; else None.
-        (os.walk follows no links to folders, so only identity folders and files can lead out.)"""
-        path = os.path.join(self.roots[modality], relative)
-        if not os.path.islink(path):
-            return None
-        real_root, real = os.path.realpath(self.roots[modality]), os.path.realpath(path)
-        if os.path.commonpath([real_root, real]) == real_root:
-            return None
-        return f"a link to {real}, outside the folder of config key {ROOT_KEYS[modality]}"
-
-    def voices(self, identity: Identity) -> list[str] | None:
-        return self.found(identity, VOICE)[1]
-
-    def faces(self, identity: Identity) -> list[str] | None:
-        return self.found(identity, FACE)[1]
-
-    def scan_all(self, identities: list[Identity]) -> None:
-        for identity in tqdm(identities, desc="scanning identity folders", unit="id"):
-            self.voices(identity), self.faces(identity)
 
 
 def _require(path: str, key: str) -> None:
@@ -115,7 +46,7 @@ def _require(path: str, key: str) -> None:
         raise FileNotFoundError(f"config key {key}: '{path}' not found")
 
 
-def make_splits(cfg: EasyDict, scanner: _Scanner, wanted: tuple[str, ...] = SPLITS) -> dict[str, list[Identity]]:
+def make_splits(cfg: EasyDict, scanner: IdentityScanner, wanted: tuple[str, ...] = SPLITS) -> dict[str, list[Identity]]:
     """Write the split CSVs of `wanted` that are missing; return the usable identities of each of them."""
     d = cfg.dataset
     missing = [s for s in wanted if not os.path.exists(split_path(d.list_dir, s))]
@@ -140,7 +71,7 @@ def make_splits(cfg: EasyDict, scanner: _Scanner, wanted: tuple[str, ...] = SPLI
     return {s: read_split(d.list_dir, s) for s in wanted}
 
 
-def make_stores(cfg: EasyDict, identities: list[Identity], scanner: _Scanner) -> None:
+def make_stores(cfg: EasyDict, identities: list[Identity], scanner: IdentityScanner) -> None:
     """Build or update both LMDB stores from every file of `identities` (keys in the stores' form)."""
     d = cfg.dataset
     os.makedirs(d.lmdb_dir, exist_ok=True)
@@ -270,7 +201,7 @@ def _prepare(cfg: EasyDict, splits: tuple[str, ...]) -> None:
 
         print(f"generating the synthetic corpus ({d.synthetic.identities} identities) in {d.synthetic.root}")
         generate_corpus(d.synthetic.root, d.synthetic.identities, d.synthetic.seed)
-    scanner = _Scanner(cfg)
+    scanner = IdentityScanner(cfg)
     identities = make_splits(cfg, scanner, splits)
     make_stores(cfg, [i for s in splits for i in identities[s]], scanner)
     make_lists(cfg, identities)
@@ -300,8 +231,6 @@ interrupted build resumes."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from utils.config import OPTS_HELP
-
     parser = argparse.ArgumentParser(description="Build the split CSVs, LMDB stores and evaluation lists a run reads.",
                                      epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
@@ -314,13 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from utils.config import load_config
-
     args = build_parser().parse_args(argv)
     cfg = load_config(args.cfg, args.opts)
     if args.check:
-        from data.check import check
-
         sys.exit(0 if check(cfg, args.splits) else 1)
     prepare(cfg, args.splits)
 

@@ -11,15 +11,15 @@ from easydict import EasyDict
 from helpers import DATA, ROOT
 from losses import InstanceEquilibrium
 from models import build_model
-from utils.checkpoint import (CheckpointError, latest_checkpoint, load_checkpoint, load_pretrained_face,
-                              load_pretrained_voice, prune_checkpoints, save_checkpoint)
-from utils.errors import UserError
+from models.layouts import load_checkpoint, load_pretrained_face, load_pretrained_voice
+from utils.checkpoint import CheckpointError, latest_checkpoint, prune_checkpoints, save_checkpoint
 from utils.config import load_config
+from utils.errors import UserError
 from utils.train_state import rng_state, set_rng_state
 
 RELEASED = load_config(os.path.join(ROOT, "config", "cfg.yaml"))
 SYNTHETIC = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))
-LOGGER = "utils.checkpoint"
+LOGGER = "models.layouts"
 
 
 def seeded_released_state_dict() -> dict:

@@ -1,6 +1,6 @@
 """Every checkpoint layout real files come in, built from our own encoders renamed to the upstream names.
 
-The upstream names come from inverting the rename tables of utils/checkpoint.py, so a file loads back
+The upstream names come from inverting the rename tables of models/layouts.py, so a file loads back
 into an encoder that must give the same outputs as the one it was made from.
 """
 import logging
@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from test_checkpoint import small_model
+from models import layouts
+from models.layouts import CheckpointLayoutError, load_checkpoint, load_pretrained_face, load_pretrained_voice
 from utils import checkpoint as ckpt
-from utils.checkpoint import (CheckpointLayoutError, load_checkpoint, load_pretrained_face, load_pretrained_voice)
 
-LOGGER = "utils.checkpoint"
+LOGGER = "models.layouts"
 SERIALIZATIONS = ("zip", "legacy-gpu")
 
 
@@ -52,13 +53,13 @@ def backbone(model, encoder):
 
 
 def face_evolve_file(model):
-    state = upstream_names(backbone(model, "face_encoder"), "face_encoder.", ckpt.FACE_BACKBONE, "")
+    state = upstream_names(backbone(model, "face_encoder"), "face_encoder.", layouts.FACE_BACKBONE, "")
     state["output_layer.3.weight"] = torch.zeros(4, 4)  # the embedding layer the method does not use
     return state
 
 
 def resnetse34l_keys(model):
-    state = upstream_names(backbone(model, "voice_encoder"), "voice_encoder.", ckpt.VOICE_BACKBONE, "")
+    state = upstream_names(backbone(model, "voice_encoder"), "voice_encoder.", layouts.VOICE_BACKBONE, "")
     state["fc.weight"], state["fc.bias"] = torch.zeros(4, 4), torch.zeros(4)
     return state
 
@@ -75,9 +76,9 @@ def released_state_dict(model):
                 "normalize.conv.weight": torch.full((3, 1, 1, 1), 1 / 127.5),
                 "normalize.conv.bias": torch.full((3,), -1.0)}
     for network, encoder in (("vNet", "face_encoder"), ("aNet", "voice_encoder")):
-        rules = ckpt.FACE_BACKBONE if network == "vNet" else ckpt.VOICE_BACKBONE
+        rules = layouts.FACE_BACKBONE if network == "vNet" else layouts.VOICE_BACKBONE
         released.update(upstream_names(backbone(model, encoder), f"{encoder}.", rules, f"{network}.model."))
-        released.update(upstream_names(state, f"{encoder}.head.", ckpt.HEAD, f"{network}.fc."))
+        released.update(upstream_names(state, f"{encoder}.head.", layouts.HEAD, f"{network}.fc."))
     return released
 
 

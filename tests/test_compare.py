@@ -1,4 +1,4 @@
-"""test.py --compare (utils/compare.py): seeds, paired identity-bootstrap differences, the JSON, the entry point."""
+"""test.py --compare (evaluation/compare.py): seeds, paired identity-bootstrap differences, the JSON, the entry point."""
 import json
 import os
 import subprocess
@@ -10,9 +10,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from helpers import ROOT, save_config
-from utils import metrics
-from utils.compare import CompareError, ListOutcomes, paired_difference, seed_runs, statistic
-from utils.protocol import ListSpec
+from evaluation import metrics
+from evaluation.compare import CompareError, ListOutcomes, paired_difference, seed_runs, statistic
+from evaluation.protocol import ListSpec
 
 
 def outcomes_of(task, identities, values, labels=None):

@@ -6,12 +6,10 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
-from data.lists import ListSpec, check_keys, list_names, list_path, make_list
+from data.lists import ListSpec, check_keys, evaluation_lists, list_names, list_path, make_list, read_key_table, read_retrieval_keys
 from data.lmdb_store import MissingKeyError
 from data.prepare import prepare
 from data.splits import Identity, key_labels
-from utils.metrics import read_key_table, read_retrieval_keys
-from utils.protocol import evaluation_lists
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "metric_case")
 

@@ -10,9 +10,9 @@ import soundfile
 
 from data.lmdb_store import (AUDIO_STORE, NOTES_FILE, BadInput, LmdbStore, MissingKeyError, build_store,
                              decode_audio, encode_audio, encode_image)
-from utils.errors import UserError
 from data.prepare import make_stores, _Scanner
 from data.splits import read_split, write_split
+from utils.errors import UserError
 from helpers import tiny_config
 
 RATE, MAX = 16000, 160000

@@ -9,8 +9,7 @@ from torch.utils.data import DataLoader
 
 from data.datasets import (BORDER, EvalDataset, TrainDataset, as_float, augment_faces, crop_at, pick_two,
                            rotate_expanded, tile_clip, train_loader)
-from data.lists import list_path
-from utils.metrics import read_retrieval_keys
+from data.lists import list_path, read_retrieval_keys
 from data.lmdb_store import MissingKeyError
 from helpers import tiny_config
 

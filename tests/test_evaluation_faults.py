@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from helpers import DATA, ROOT, load_test_script, save_config, tiny_config
+from evaluation.features import FeaturesError, load_features_file, read_features, save_features_file
 from utils.errors import UserError
-from utils.features import FeaturesError, load_features_file, read_features, save_features_file
 from utils.files import WriteError
 
 script = load_test_script()
@@ -210,7 +210,7 @@ def test_an_output_naming_an_input_is_refused_before_any_work(tmp_path):
 
 
 def test_plots_go_into_a_folder_that_does_not_exist_yet(tmp_path):
-    from utils import plots
+    from evaluation import plots
 
     scores, labels = np.linspace(-1, 1, 50), np.arange(50) % 2 == 0
     path = plots.roc_curves({"verify_v2f_test": (scores, labels)}, str(tmp_path / "new" / "roc.png"))

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.features import FeaturesError, read_features, save_features_file
+from evaluation.features import FeaturesError, read_features, save_features_file
 
 KEYS = ["id10001/v1/00001.wav", "id10001/v1/00002.wav", "A.J._Buckley/00000001.jpg"]
 

@@ -8,7 +8,8 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from helpers import DATA
-from utils import metrics
+from data.lists import ListError, list_files, read_list, read_retrieval_keys, read_retrieval_list
+from evaluation import metrics
 
 CASE = os.path.join(DATA, "metric_case")
 
@@ -30,12 +31,12 @@ def test_reference_values_reproduced(case):
     for name, value in expected.items():
         path = os.path.join(CASE, name + ".txt")
         if name.startswith("match"):
-            got = metrics.matching_correct(metrics.line_scores(unit, metrics.read_list(path, name2row))).mean()
+            got = metrics.matching_correct(metrics.line_scores(unit, read_list(path, name2row))).mean()
         elif name.startswith("verify"):
-            rows = metrics.read_list(path, name2row)
+            rows = read_list(path, name2row)
             got = metrics.roc_auc(metrics.line_scores(unit, rows)[:, 0], ids[rows[:, 0]] == ids[rows[:, 1]])
         else:
-            queries, gallery = metrics.read_retrieval_list(path, name2row)
+            queries, gallery = read_retrieval_list(path, name2row)
             got = metrics.average_precisions(embeddings[queries], embeddings[gallery], ids[queries],
                                              ids[gallery]).mean()
         assert abs(got - value) < 1e-7, name
@@ -165,33 +166,33 @@ def write(path, text):
 def test_list_errors_name_list_line_and_file(tmp_path):
     name2row = {"a.wav": 0, "b.jpg": 1, "c.jpg": 2}
     good = write(tmp_path / "good.txt", "a.wav b.jpg c.jpg\na.wav c.jpg b.jpg\n\n")
-    assert metrics.read_list(good, name2row).tolist() == [[0, 1, 2], [0, 2, 1]]
-    assert metrics.list_files(good) == ({"a.wav"}, {"b.jpg", "c.jpg"})
+    assert read_list(good, name2row).tolist() == [[0, 1, 2], [0, 2, 1]]
+    assert list_files(good) == ({"a.wav"}, {"b.jpg", "c.jpg"})
 
     missing = write(tmp_path / "missing.txt", "a.wav b.jpg c.jpg\na.wav d.jpg b.jpg\n")
-    with pytest.raises(metrics.ListError, match=r"missing\.txt, line 2: no embedding for 'd\.jpg'"):
-        metrics.read_list(missing, name2row)
-    with pytest.raises(metrics.ListError, match="empty"):
-        metrics.read_list(write(tmp_path / "empty.txt", "\n \n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"ragged\.txt, line 3: malformed, expected 3 .* found 2"):
-        metrics.read_list(write(tmp_path / "ragged.txt", "a.wav b.jpg c.jpg\n" * 2 + "a.wav b.jpg\n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"gap\.txt, line 2: blank line inside the list"):
-        metrics.read_list(write(tmp_path / "gap.txt", "a.wav b.jpg c.jpg\n\na.wav b.jpg c.jpg\n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"pairs\.txt, line 1: malformed, expected 2 .* found 3"):
-        metrics.read_list(write(tmp_path / "pairs.txt", "a.wav b.jpg c.jpg\n"), name2row, max_columns=2)
-    with pytest.raises(metrics.ListError, match="list file not found: .*nowhere.txt"):
-        metrics.read_list(str(tmp_path / "nowhere.txt"), name2row)
+    with pytest.raises(ListError, match=r"missing\.txt, line 2: no embedding for 'd\.jpg'"):
+        read_list(missing, name2row)
+    with pytest.raises(ListError, match="empty"):
+        read_list(write(tmp_path / "empty.txt", "\n \n"), name2row)
+    with pytest.raises(ListError, match=r"ragged\.txt, line 3: malformed, expected 3 .* found 2"):
+        read_list(write(tmp_path / "ragged.txt", "a.wav b.jpg c.jpg\n" * 2 + "a.wav b.jpg\n"), name2row)
+    with pytest.raises(ListError, match=r"gap\.txt, line 2: blank line inside the list"):
+        read_list(write(tmp_path / "gap.txt", "a.wav b.jpg c.jpg\n\na.wav b.jpg c.jpg\n"), name2row)
+    with pytest.raises(ListError, match=r"pairs\.txt, line 1: malformed, expected 2 .* found 3"):
+        read_list(write(tmp_path / "pairs.txt", "a.wav b.jpg c.jpg\n"), name2row, max_columns=2)
+    with pytest.raises(ListError, match="list file not found: .*nowhere.txt"):
+        read_list(str(tmp_path / "nowhere.txt"), name2row)
 
 
 def test_retrieval_list_reading_and_errors(tmp_path):
     name2row = {"a.wav": 0, "b.jpg": 1, "c.jpg": 2}
-    queries, gallery = metrics.read_retrieval_list(write(tmp_path / "r.txt", "a.wav\nb.jpg c.jpg\n"), name2row)
+    queries, gallery = read_retrieval_list(write(tmp_path / "r.txt", "a.wav\nb.jpg c.jpg\n"), name2row)
     assert queries.tolist() == [0] and gallery.tolist() == [1, 2]
-    with pytest.raises(metrics.ListError, match=r"r2\.txt, line 2: no embedding for 'x\.jpg'"):
-        metrics.read_retrieval_list(write(tmp_path / "r2.txt", "a.wav\nb.jpg x.jpg\n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"r3\.txt: malformed, .* 2 lines .* found 3"):
-        metrics.read_retrieval_list(write(tmp_path / "r3.txt", "a.wav\nb.jpg\nc.jpg\n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"r4\.txt, line 1: blank line inside the list"):
-        metrics.read_retrieval_list(write(tmp_path / "r4.txt", "\nb.jpg\n"), name2row)
-    with pytest.raises(metrics.ListError, match=r"r5\.txt, line 2: blank line inside the list"):
-        metrics.read_retrieval_keys(write(tmp_path / "r5.txt", "a.wav\n  \nb.jpg\n"))
+    with pytest.raises(ListError, match=r"r2\.txt, line 2: no embedding for 'x\.jpg'"):
+        read_retrieval_list(write(tmp_path / "r2.txt", "a.wav\nb.jpg x.jpg\n"), name2row)
+    with pytest.raises(ListError, match=r"r3\.txt: malformed, .* 2 lines .* found 3"):
+        read_retrieval_list(write(tmp_path / "r3.txt", "a.wav\nb.jpg\nc.jpg\n"), name2row)
+    with pytest.raises(ListError, match=r"r4\.txt, line 1: blank line inside the list"):
+        read_retrieval_list(write(tmp_path / "r4.txt", "\nb.jpg\n"), name2row)
+    with pytest.raises(ListError, match=r"r5\.txt, line 2: blank line inside the list"):
+        read_retrieval_keys(write(tmp_path / "r5.txt", "a.wav\n  \nb.jpg\n"))

@@ -11,11 +11,11 @@ import torch
 
 from data.provenance import SYNTHETIC_CORPUS, training_data
 from helpers import ROOT, SYNTHETIC, load_test_script, tiny_config, tiny_opts
+from evaluation.matcher import VoiceFaceMatcher
 from losses import InstanceEquilibrium
 from models import build_model
+from models.settings import explicit_settings, reconciled
 from utils.errors import CheckpointError
-from utils.inference import VoiceFaceMatcher
-from utils.model_settings import explicit_settings, reconciled
 from utils.train_state import TrainState
 
 script = load_test_script()

@@ -20,8 +20,8 @@ from data.face_crop import detect_face
 from data.lmdb_store import BadInput
 from data.user_files import LARGE_AUDIO_BYTES, face_of, voice_of
 from helpers import ROOT, SYNTHETIC, tiny_opts
+from evaluation.matcher import VoiceFaceMatcher
 from utils.config import config_to_dict
-from utils.inference import VoiceFaceMatcher
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(importlib.util.find_spec("skimage").origin), "data")
 
@@ -290,7 +290,7 @@ def test_pairs_files_as_untrusted_input(own, tmp_path):
 
 @pytest.mark.slow
 def test_a_million_pairs_lines_in_bounded_memory(own, tmp_path, capsys):
-    from utils.try_files import read_pairs
+    from evaluation.own_files import read_pairs
 
     pairs = tmp_path / "million.txt"
     names = [f"wav/id{i % 500:05d}/x.wav VGG/f{i % 700}.jpg VGG/f{(i + 1) % 700}.jpg\n" for i in range(1000)]

@@ -1,4 +1,4 @@
-"""test.py, utils.protocol, utils.features: features files, table routing and format, outputs, feature cache, errors."""
+"""test.py, evaluation.protocol, evaluation.features: features files, table routing and format, outputs, feature cache, errors."""
 import hashlib
 import json
 import os
@@ -12,10 +12,9 @@ import pytest
 import torch
 
 from helpers import DATA, ROOT, load_test_script
-from utils import metrics
+from data.lists import ListError, evaluation_lists
+from evaluation.features import FeaturesError, as_arrays, save_features_file
 from utils.config import load_config
-from utils.features import FeaturesError, as_arrays, save_features_file
-from utils.protocol import evaluation_lists
 
 CASE = os.path.join(DATA, "metric_case")
 REFERENCE = os.path.join(CASE, "embeddings.pt")
@@ -134,7 +133,7 @@ def test_list_naming_a_file_without_embedding(tmp_path):
         del table[dropped]
     features = str(tmp_path / "features.pt")
     torch.save(data, features)
-    with pytest.raises(metrics.ListError, match=rf"match_v2f_2_test\.txt, line \d+: no embedding for '{dropped}'"):
+    with pytest.raises(ListError, match=rf"match_v2f_2_test\.txt, line \d+: no embedding for '{dropped}'"):
         run(tmp_path, features=features)
 
 
@@ -142,15 +141,15 @@ def test_empty_and_malformed_lists(tmp_path):
     list_dir = tmp_path / "lists"
     shutil.copytree(CASE, list_dir)
     (list_dir / "verify_g_f2v_test.txt").write_text("")
-    with pytest.raises(metrics.ListError, match=r"verify_g_f2v_test\.txt: the list is empty"):
+    with pytest.raises(ListError, match=r"verify_g_f2v_test\.txt: the list is empty"):
         run(tmp_path, list_dir=list_dir)
     lines = (list_dir / "verify_v2f_test.txt").read_text().splitlines()
     lines[4] += " extra/path.jpg"
     (list_dir / "verify_v2f_test.txt").write_text("\n".join(lines))
-    with pytest.raises(metrics.ListError, match=r"verify_v2f_test\.txt, line 5: malformed, expected 2 .* found 3"):
+    with pytest.raises(ListError, match=r"verify_v2f_test\.txt, line 5: malformed, expected 2 .* found 3"):
         run(tmp_path, list_dir=list_dir)
     (list_dir / "verify_v2f_test.txt").unlink()
-    with pytest.raises(metrics.ListError, match=r"list file not found: .*verify_v2f_test\.txt .*dataset\.list_dir"):
+    with pytest.raises(ListError, match=r"list file not found: .*verify_v2f_test\.txt .*dataset\.list_dir"):
         run(tmp_path, list_dir=list_dir)
 
 

@@ -1,4 +1,4 @@
-"""Own files: test.py --voice/--face/--pairs and utils.inference, against test.py's embeddings of the same files."""
+"""Own files: test.py --voice/--face/--pairs and evaluation.matcher, against test.py's embeddings of the same files."""
 import copy
 import csv
 import importlib.util
@@ -21,7 +21,7 @@ from data.face_crop import MARGIN, crop_face, detect_face
 from data.lmdb_store import BadInput
 from data.user_files import read_face, read_voice
 from helpers import ROOT, SYNTHETIC, tiny_opts, load_test_script
-from utils.inference import Skipped, UnusableFile, VoiceFaceMatcher
+from evaluation.matcher import Skipped, UnusableFile, VoiceFaceMatcher
 
 script = load_test_script()
 

@@ -8,12 +8,11 @@ import numpy as np
 import pytest
 import soundfile
 
-from data.lists import unlistable_reason
+from data.lists import ListError, read_key_table, read_retrieval_keys, unlistable_reason
 from data.prepare import prepare
 from data.splits import SplitError, read_meta
 from helpers import ROOT, tiny_config, load_test_script, save_config
 from utils.errors import UserError
-from utils.metrics import ListError, read_key_table, read_retrieval_keys
 
 script = load_test_script()
 

@@ -2,7 +2,7 @@
 
 A checkpoint is `{'format': 'aasm', 'iteration', 'model', 'equilibrium', 'optimizer', 'scaler', 'best_val',
 'val_history', 'rng', 'config', 'model_settings', 'training_data'}` (see utils/checkpoint.py,
-utils/model_settings.py). Nothing non-finite is ever saved, and
+models/settings.py). Nothing non-finite is ever saved, and
 `--resume auto` takes the newest periodic checkpoint that loads and is finite.
 """
 from __future__ import annotations
@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from data.provenance import training_data
+from models.layouts import load_checkpoint
+from models.settings import model_settings, setting
 from utils import distributed
-from utils.checkpoint import (OWN_FORMAT, checkpoint_iteration, checkpoint_run, load_checkpoint, periodic_checkpoints,
-                              read_checkpoint, save_checkpoint)
+from utils.checkpoint import OWN_FORMAT, checkpoint_iteration, checkpoint_run, periodic_checkpoints, read_checkpoint, save_checkpoint
 from utils.config import config_to_dict
 from utils.errors import CheckpointError, UserError
-from utils.model_settings import model_settings, setting
 from utils.run_folder import read_run_record, write_run_config, write_run_record
 
 log = logging.getLogger(__name__)

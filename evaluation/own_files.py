@@ -4,7 +4,7 @@
     python test.py --cfg CFG --face x.jpg --voices v1.wav v2.flac [--output out.json] [--plot out.png]
     python test.py --cfg CFG --pairs FILE [--root DIR] --output out.csv
 
-A thin layer over utils/inference.py: it writes only what --output and --plot name (nothing into
+A thin layer over evaluation/matcher.py: it writes only what --output and --plot name (nothing into
 the run folder, no features cache). Files that cannot be used are named with the reason; the
 others are still scored.
 """
@@ -21,11 +21,11 @@ from typing import Callable, TextIO
 import numpy as np
 from easydict import EasyDict
 
+from data.lists import ListError
 from data.user_files import modality_of
-from utils.errors import UserError
+from evaluation.matcher import Note, Skipped, UnusableFile, VoiceFaceMatcher, ranks_within
+from evaluation.metrics import normalise
 from utils.files import WriteError, atomic_write
-from utils.inference import Note, Skipped, UnusableFile, VoiceFaceMatcher, ranks_within
-from utils.metrics import ListError, normalise
 
 OTHER = {"voice": "face", "face": "voice"}
 
@@ -148,7 +148,7 @@ def rank_candidates(matcher: VoiceFaceMatcher, modality: str, query: str, candid
         _write(output, lambda f: json.dump(result, f, indent=1))
         written.append(output)
     if plot:
-        from utils.plots import match_figure
+        from evaluation.plots import match_figure
 
         by_path = dict(items)
         ranked = [(printable(e["path"]), by_path[e["path"]], e["score"]) for e in result["candidates"]]

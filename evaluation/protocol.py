@@ -10,28 +10,17 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from data.lists import ListSpec, list_path, list_specs
+from data.lists import TABLE_COLUMNS, ListError, ListSpec, list_path, read_list, read_retrieval_list
 from data.provenance import file_digest
-from utils import metrics
-from utils.features import Features
+from evaluation import metrics
+from evaluation.features import Features
 from utils.files import atomic_write
 
 DIRECTION_NAMES = {"v2f": "voice→face", "f2v": "face→voice"}
-# (task, gender-constrained, column header) in the paper's order.
-COLUMNS = (
-    ("matching", False, "1:2 matching U"),
-    ("matching", True, "1:2 matching G"),
-    ("verification", False, "verification U (AUC)"),
-    ("verification", True, "verification G (AUC)"),
-    ("retrieval", False, "retrieval mAP"),
-)
-
-
-def evaluation_lists(split: str, match_n: list[int] = (2,), list_dir: str | None = None) -> list[ListSpec]:
-    """The ten lists of the table in its order, plus the 1:N matching lists (N ≠ 2 of match_n) present in list_dir."""
-    table = [ListSpec(task, direction, gender, split) for direction in DIRECTION_NAMES for task, gender, _ in COLUMNS]
-    return table + [spec for spec in list_specs(split, match_n) if spec.task == "matching" and spec.candidates != 2
-                    and (list_dir is None or os.path.isfile(list_path(list_dir, spec.name)))]
+# The header of each column of TABLE_COLUMNS.
+HEADERS = {("matching", False): "1:2 matching U", ("matching", True): "1:2 matching G",
+           ("verification", False): "verification U (AUC)", ("verification", True): "verification G (AUC)",
+           ("retrieval", False): "retrieval mAP"}
 
 
 @dataclass
@@ -55,18 +44,18 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
     """The metric of one list, with its 95% interval (Wilson for matching, bootstrap otherwise)."""
     rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
     if spec.task == "retrieval":
-        queries, gallery = metrics.read_retrieval_list(path, features.name2row)
+        queries, gallery = read_retrieval_list(path, features.name2row)
         precisions = metrics.average_precisions(features.embeddings[queries], features.embeddings[gallery],
                                                 features.ids[queries], features.ids[gallery])
         scored = np.isfinite(precisions)  # queries with no relevant gallery item have no AP
         precisions = precisions[scored]
         if not precisions.size:
-            raise metrics.ListError(f"{path}: no query has a gallery item of its identity")
+            raise ListError(f"{path}: no query has a gallery item of its identity")
         interval = metrics.percentile_interval(metrics.bootstrap_mean(precisions, bootstrap, rng))
         return Result(spec, float(precisions.mean()), interval, len(precisions),
                       identities=features.ids[queries[scored]], outcomes=precisions)
     matching = spec.task == "matching"
-    rows = metrics.read_list(path, features.name2row, spec.columns, spec.columns)
+    rows = read_list(path, features.name2row, spec.columns, spec.columns)
     scores = metrics.line_scores(features.unit, rows)
     identities = features.ids[rows[:, 0]]
     if matching:
@@ -80,7 +69,7 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
     try:
         auc = metrics.roc_auc(scores, labels)
     except ValueError as e:
-        raise metrics.ListError(f"{path}: {e}") from None
+        raise ListError(f"{path}: {e}") from None
     interval = metrics.percentile_interval(metrics.bootstrap_auc(scores, labels, bootstrap, rng))
     return Result(spec, auc, interval, len(rows), metrics.equal_error_rate(scores, labels), scores, labels,
                   identities)
@@ -106,8 +95,8 @@ def _cell(result: Result | None) -> str:
     return f"{100 * result.value:.2f} [{100 * low:.2f}, {100 * high:.2f}]"
 
 
-TABLE_HEADER = ("| results (%), [95% interval] | direction | " + " | ".join(h for _, _, h in COLUMNS) + " |\n"
-                + "|---" * (len(COLUMNS) + 2) + "|")
+TABLE_HEADER = ("| results (%), [95% interval] | direction | " + " | ".join(HEADERS[column] for column in TABLE_COLUMNS) + " |\n"
+                + "|---" * (len(TABLE_COLUMNS) + 2) + "|")
 
 
 def format_table(results: list[Result], label: str) -> str:
@@ -117,14 +106,14 @@ def format_table(results: list[Result], label: str) -> str:
               for r in results if r.spec.candidates == 2}
     lines = [TABLE_HEADER]
     for direction, row_name in DIRECTION_NAMES.items():
-        cells = [_cell(by_key.get((task, direction, gender))) for task, gender, _ in COLUMNS]
+        cells = [_cell(by_key.get((task, direction, gender))) for task, gender in TABLE_COLUMNS]
         lines.append(f"| {label} | {row_name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_outputs(results: list[Result], table: str, result_path: str, source: dict, cfg) -> list[str]:
     """`list value` lines (%) at result_path, everything in a JSON beside it, and the plots; returns the paths."""
-    from utils import plots
+    from evaluation import plots
 
     with atomic_write(result_path) as f:
         f.writelines(f"{r.spec.name} {100 * r.value:.4f}\n" for r in results)

@@ -2,7 +2,7 @@
 
 Every checkpoint train.py writes holds `model_settings` (the config's `models` section and the
 dataset.sample_rate / image_size its inputs were made at) and `training_data` (data/provenance.py).
-test.py and utils/inference.py build the encoders from the checkpoint's settings; the config's settings are
+test.py and evaluation/matcher.py build the encoders from the checkpoint's settings; the config's settings are
 used only for the keys the user asks for explicitly (test.py's --model-from-config: all of them; --opts
 models.*=...: those keys). Checkpoints that record no settings (the authors', face.evoLVe, voxceleb_trainer,
 ours from before) are built from the config as before.
@@ -16,7 +16,8 @@ from typing import Iterable
 from easydict import EasyDict
 
 from models import VoiceFaceModel, build_model
-from utils.checkpoint import OWN_FORMAT, load_checkpoint, read_checkpoint
+from models.layouts import load_checkpoint
+from utils.checkpoint import OWN_FORMAT, read_checkpoint
 from utils.config import config_to_dict
 from utils.errors import CheckpointError
 

@@ -6,8 +6,6 @@ import functools
 import io
 import json
 import os
-import pickle
-import re
 import zipfile
 from dataclasses import dataclass, field
 from itertools import repeat
@@ -15,7 +13,8 @@ from itertools import repeat
 import numpy as np
 import torch
 
-from utils import metrics
+from evaluation import metrics
+from utils.checkpoint import safe_load
 from utils.errors import UserError
 from utils.files import atomic_write
 
@@ -43,16 +42,7 @@ def load_features_file(path: str) -> dict:
     data only: a file holding code is refused unread."""
     if not os.path.isfile(path):
         raise FeaturesError(f"features file not found: {path}")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except PermissionError as e:
-        raise FeaturesError(f"{path}: cannot read: {e.strerror}") from None
-    except Exception as e:  # torch's own message names neither the file nor a safe way on
-        code = re.search(r"GLOBAL (\S+)", str(e))
-        if isinstance(e, pickle.UnpicklingError) and code:
-            raise FeaturesError(f"{path}: refused: the file holds code (a pickled reference to {code.group(1)}); "
-                                "features files hold tensors and plain data only") from None
-        raise FeaturesError(f"{path}: truncated or corrupt, not a features file ({type(e).__name__})") from None
+    data = safe_load(path, FeaturesError, "features file", unreadable="not a features file")
     missing = {"name2feat", "name2id", "name2gender"} - set(data if isinstance(data, dict) else ())
     if missing:
         raise FeaturesError(f"{path}: not a features file: it lacks {sorted(missing)} "

@@ -1,121 +1,18 @@
 """Evaluation metrics of the voice-face protocol (README, "Protocol"), vectorised.
 
-Score = cosine similarity. This is the one reader of list files: `read_key_table` and
-`read_retrieval_keys` give their keys (data.prepare checks lists with them), `read_list` and
-`read_retrieval_list` integer rows of an embedding matrix; every metric then works on whole
-arrays: no loop over list lines or queries. Values are fractions (the table multiplies by 100).
+Score = cosine similarity. Lists are read by data.lists into integer rows of an embedding matrix;
+every metric then works on whole arrays: no loop over list lines or queries. Values are fractions
+(the table multiplies by 100).
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from itertools import repeat
 from statistics import NormalDist
-from typing import Mapping, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
-from utils.errors import UserError
-
-
-class ListError(UserError, ValueError):
-    """A test list is missing, empty, malformed, or names a file without an embedding."""
-
-
-# ---------------------------------------------------------------- list files
-
-def _read_lines(path: str) -> tuple[str, list[str]]:
-    """The text and lines of a list, trailing blank lines dropped."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ListError(f"list file not found: {path}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ListError(f"{path}, line {line}: not UTF-8 text (byte "
-                        f"{data[e.start]:#04x}); lists are UTF-8") from None
-    lines = text.rstrip().splitlines()
-    if not lines:
-        raise ListError(f"{path}: the list is empty")
-    return text, lines
-
-
-def _no_blank_lines(path: str, counts: np.ndarray) -> None:
-    """A blank line before the end of a list (paths per line `counts`) is an error naming it."""
-    blank = np.flatnonzero(counts == 0)
-    if blank.size:
-        raise ListError(f"{path}, line {blank[0] + 1}: blank line inside the list ({blank.size} in all)")
-
-
-def _rows_of(tokens: list[str], name2row: Mapping[str, int], path: str, line_of) -> np.ndarray:
-    """Embedding row of every path; a path without an embedding names its list line."""
-    rows = np.fromiter(map(name2row.get, tokens, repeat(-1)), np.int64, len(tokens))
-    missing = np.flatnonzero(rows < 0)
-    if missing.size:
-        first = int(missing[0])
-        raise ListError(f"{path}, line {line_of(first)}: no embedding for '{tokens[first]}' "
-                        f"({missing.size} of the list's {len(tokens)} paths have none)")
-    return rows
-
-
-def _table(path: str, min_columns: int, max_columns: int | None) -> tuple[list[str], int, int]:
-    """Paths of a matching/verification list, with its (lines, columns); every line has the same length."""
-    text, lines = _read_lines(path)
-    counts = np.fromiter(map(len, map(str.split, lines)), np.int64, len(lines))
-    _no_blank_lines(path, counts)
-    columns = int(np.clip(counts[0], min_columns, max_columns))
-    bad = np.flatnonzero(counts != columns)
-    if bad.size:
-        line = int(bad[0])
-        raise ListError(f"{path}, line {line + 1}: malformed, expected {columns} space-separated paths, "
-                        f"found {counts[line]}")
-    return text.split(), len(lines), columns
-
-
-def read_key_table(path: str, min_columns: int = 2, max_columns: int | None = None) -> np.ndarray:
-    """Keys of a matching or verification list: (lines, columns) strings, column 0 the queries."""
-    tokens, lines, columns = _table(path, min_columns, max_columns)
-    return np.array(tokens, dtype=str).reshape(lines, columns)
-
-
-def read_list(path: str, name2row: Mapping[str, int], min_columns: int = 2,
-              max_columns: int | None = None) -> np.ndarray:
-    """Matching or verification list -> (lines, columns) embedding rows; column 0 is the query."""
-    tokens, lines, columns = _table(path, min_columns, max_columns)
-    return _rows_of(tokens, name2row, path, lambda i: i // columns + 1).reshape(lines, columns)
-
-
-def _retrieval_lines(path: str) -> tuple[list[str], list[str]]:
-    _, lines = _read_lines(path)
-    _no_blank_lines(path, np.array([len(line.split()) for line in lines]))  # two lines: no loop worth avoiding
-    if len(lines) != 2:
-        raise ListError(f"{path}: malformed, a retrieval list has 2 lines (queries, gallery), found {len(lines)}")
-    return lines[0].split(), lines[1].split()
-
-
-def read_retrieval_keys(path: str) -> tuple[np.ndarray, np.ndarray]:
-    """Keys of a retrieval list: (queries of line 1, gallery of line 2)."""
-    queries, gallery = _retrieval_lines(path)
-    return np.array(queries, dtype=str), np.array(gallery, dtype=str)
-
-
-def read_retrieval_list(path: str, name2row: Mapping[str, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Retrieval list (line 1 queries, line 2 gallery) -> (query rows, gallery rows)."""
-    queries, gallery = _retrieval_lines(path)
-    return (_rows_of(queries, name2row, path, lambda i: 1),
-            _rows_of(gallery, name2row, path, lambda i: 2))
-
-
-def list_files(path: str, retrieval: bool = False) -> tuple[set[str], set[str]]:
-    """(query files, candidate files) a list names: column 0 / line 1 are the queries."""
-    if retrieval:
-        queries, gallery = _retrieval_lines(path)
-        return set(queries), set(gallery)
-    tokens, _, columns = _table(path, 2, None)
-    return set(tokens[::columns]), set().union(*(tokens[c::columns] for c in range(1, columns)))
 
 
 # ---------------------------------------------------------------- scores

@@ -16,14 +16,14 @@ from typing import Callable
 
 import numpy as np
 
-from data.lists import ListSpec, list_path
-from utils import metrics
+from data.lists import ListError, ListSpec, evaluation_lists, list_path
+from evaluation import metrics
+from evaluation.features import Features
+from evaluation.protocol import Result, evaluate, format_table, write_outputs
 from utils.checkpoint import latest_checkpoint
 from utils.config import load_config
 from utils.errors import UserError
-from utils.features import Features
 from utils.files import atomic_write
-from utils.protocol import Result, evaluate, evaluation_lists, format_table, write_outputs
 
 SEED_FOLDER = re.compile(r"seed(\d+)$")
 SPLIT_KEYS = ("split_ranges", "split_file")  # the dataset keys that decide which identities each split holds
@@ -221,12 +221,12 @@ def compare(cfg, runs: list[str], output: str | None, features_of: Callable, cfg
     missing = [list_path(cfg.dataset.list_dir, t.name) for t in lists
                if not os.path.isfile(list_path(cfg.dataset.list_dir, t.name))]
     if missing:
-        raise metrics.ListError(f"list file not found: {missing[0]}; set dataset.list_dir in --cfg")
+        raise ListError(f"list file not found: {missing[0]}; set dataset.list_dir in --cfg")
     methods = [collect_method(run, folders[run], cfg, lists, features_of) for run in runs]
     result = comparison(methods, cfg.testing.bootstrap, cfg.testing.ci_seed)
     print(format_comparison(result, split))
     if output:
-        from utils import plots
+        from evaluation import plots
 
         with atomic_write(output) as f:
             json.dump(result, f, indent=1)

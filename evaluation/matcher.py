@@ -1,6 +1,6 @@
 """Voice-face matching on your own files with a trained model (ours or the authors' checkpoint).
 
-    from utils.inference import VoiceFaceMatcher   # or, from any folder: torch.hub.load(REPO, "voice_face_matcher",
+    from evaluation.matcher import VoiceFaceMatcher   # or, from any folder: torch.hub.load(REPO, "voice_face_matcher",
                                                     #   source="local", checkpoint=PATH)  (hubconf.py)
 
     matcher = VoiceFaceMatcher.load("config/synthetic.yaml", "experiments/synthetic/checkpoint_best.pth.tar")
@@ -76,13 +76,13 @@ class VoiceFaceMatcher:
         `checkpoint` (ours or the released layout); `detect_faces` crops the largest face of each photo first.
 
         The encoders have the model settings the checkpoint records (models.*, dataset.sample_rate / image_size),
-        except those `opts` set and, with `model_from_config`, all of them (utils/model_settings.py).
+        except those `opts` set and, with `model_from_config`, all of them (models/settings.py).
 
         >>> matcher = VoiceFaceMatcher.load("config/synthetic.yaml", "experiments/synthetic/checkpoint_best.pth.tar")
         """
         from utils.config import load_config
         from utils.distributed import device_of
-        from utils.model_settings import build_from_checkpoint, explicit_settings
+        from models.settings import build_from_checkpoint, explicit_settings
 
         if isinstance(cfg, (str, os.PathLike)):
             cfg = load_config(repository_path(cfg), list(opts))
@@ -144,7 +144,7 @@ class VoiceFaceMatcher:
 
     def embed_arrays(self, items: Iterable[tuple[str, np.ndarray]], modality: str) -> tuple[list[str], torch.Tensor]:
         """(paths, N x D embeddings) of the (path, array) pairs `read` yields, batched as test.py batches."""
-        from utils.evaluation import embed_batches
+        from evaluation.extraction import embed_batches
 
         if modality == "voice":
             transform = partial(eval_voice, samples=clip_samples(self.cfg))

@@ -10,8 +10,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 
+from evaluation.metrics import roc_auc, roc_curve
 from utils.files import atomic_write
-from utils.metrics import roc_auc, roc_curve
 
 MAX_CURVE_POINTS = 2000  # a ROC of 65k pairs drawn with every point is slow and looks the same
 

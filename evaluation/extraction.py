@@ -8,11 +8,10 @@ from easydict import EasyDict
 from tqdm import tqdm
 
 from data.datasets import as_float, eval_loader
-from data.lists import ListSpec, list_path
+from data.lists import ListSpec, list_files, list_path
 from data.splits import key_labels, read_split
-from utils import metrics
-from utils.features import Features
-from utils.protocol import evaluate_list
+from evaluation.features import Features
+from evaluation.protocol import evaluate_list
 
 VALIDATION_LIST = ListSpec("matching", "v2f", False, "val")
 
@@ -47,7 +46,7 @@ def validate(model: torch.nn.Module, cfg: EasyDict, device: torch.device) -> flo
     """1:2 voice-to-face matching accuracy on the validation list (the release's model selection), computed as
     test.py computes it."""
     path = list_path(cfg.dataset.list_dir, VALIDATION_LIST.name)
-    voices, faces = (sorted(files) for files in metrics.list_files(path))
+    voices, faces = (sorted(files) for files in list_files(path))
     was_training = model.training
     model.eval()
     try:
