@@ -32,6 +32,10 @@ from PIL import Image
 from data.datasets import clip_samples, eval_face, eval_voice
 from data.lmdb_store import encode_or_reason
 from data.user_files import face_of, face_of_image, image_array_of, voice_of, voice_of_array
+from evaluation.extraction import embed_batches
+from models.settings import build_from_checkpoint, explicit_settings
+from utils.config import load_config
+from utils.distributed import device_of
 from utils.errors import UserError
 
 MODALITIES = ("voice", "face")
@@ -80,10 +84,6 @@ class VoiceFaceMatcher:
 
         >>> matcher = VoiceFaceMatcher.load("config/synthetic.yaml", "experiments/synthetic/checkpoint_best.pth.tar")
         """
-        from utils.config import load_config
-        from utils.distributed import device_of
-        from models.settings import build_from_checkpoint, explicit_settings
-
         if isinstance(cfg, (str, os.PathLike)):
             cfg = load_config(repository_path(cfg), list(opts))
         model, cfg, saved = build_from_checkpoint(cfg, checkpoint, explicit_settings(opts, model_from_config))
@@ -144,8 +144,6 @@ class VoiceFaceMatcher:
 
     def embed_arrays(self, items: Iterable[tuple[str, np.ndarray]], modality: str) -> tuple[list[str], torch.Tensor]:
         """(paths, N x D embeddings) of the (path, array) pairs `read` yields, batched as test.py batches."""
-        from evaluation.extraction import embed_batches
-
         if modality == "voice":
             transform = partial(eval_voice, samples=clip_samples(self.cfg))
         else:

@@ -30,45 +30,6 @@ from utils.files import WriteError, atomic_write
 OTHER = {"voice": "face", "face": "voice"}
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """test.py's flags for own files (the module docstring shows them in use)."""
-    group = parser.add_argument_group("your own files (instead of the test lists)")
-    group.add_argument("--voice", metavar="AUDIO", help="a recording to match against --faces")
-    group.add_argument("--faces", nargs="+", metavar="IMAGE", help="candidate photos for --voice")
-    group.add_argument("--face", metavar="IMAGE", help="a photo to match against --voices")
-    group.add_argument("--voices", nargs="+", metavar="AUDIO", help="candidate recordings for --face")
-    group.add_argument("--pairs", metavar="FILE", help="lines `query candidate...` (the test-list format) to score")
-    group.add_argument("--root", metavar="DIR", help="folder the relative paths of --pairs start from")
-    group.add_argument("--plot", metavar="PNG", help="draw the query and its candidates with their scores")
-    group.add_argument("--detect-face", action="store_true",
-                       help="crop the most confident frontal face of each photo first (dlib's HOG detector; "
-                            "a photo without one is skipped)")
-
-
-def requested(args: argparse.Namespace, parser: argparse.ArgumentParser) -> bool:
-    """True when the arguments ask for own files; inconsistent combinations stop with a usage error."""
-    modes = [flag for flag, value in (("--voice", args.voice), ("--face", args.face), ("--pairs", args.pairs))
-             if value]
-    if len(modes) > 1:
-        parser.error(f"give one of --voice, --face and --pairs, not {' and '.join(modes)}")
-    needs = {"--faces": (args.faces, "--voice"), "--voices": (args.voices, "--face"), "--root": (args.root, "--pairs"),
-             "--output": (args.output, None), "--plot": (args.plot, None), "--detect-face": (args.detect_face, None)}
-    for flag, (value, mode) in needs.items():
-        if value and (not modes or (mode and modes[0] != mode)):
-            parser.error(f"{flag} goes with {mode or 'one of --voice, --face and --pairs'}")
-    if args.voice and not args.faces:
-        parser.error("--voice needs candidate photos: --faces a.jpg b.jpg ...")
-    if args.face and not args.voices:
-        parser.error("--face needs candidate recordings: --voices v1.wav v2.flac ...")
-    if args.pairs and not args.output:
-        parser.error("--pairs needs --output out.csv")
-    if args.plot and args.pairs:
-        parser.error("--plot draws one query (--voice or --face), not a --pairs file")
-    if modes and args.features:
-        parser.error("--features evaluates the test lists; it does not go with your own files")
-    return bool(modes)
-
-
 def make_output_folders(args: argparse.Namespace) -> None:
     """Before any work: the folders of --output and --plot (test.py has checked that neither names an input)."""
     for flag, path in (("--output", args.output), ("--plot", args.plot)):

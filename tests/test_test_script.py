@@ -13,6 +13,7 @@ import torch
 
 from helpers import DATA, ROOT, load_test_script
 from data.lists import ListError, evaluation_lists
+from evaluation import list_features
 from evaluation.features import FeaturesError, as_arrays, save_features_file
 from utils.config import load_config
 
@@ -162,7 +163,7 @@ def test_features_file_errors(tmp_path):
 
 
 def test_missing_checkpoint_names_the_config_key(tmp_path):
-    with pytest.raises(script.MissingCheckpoint, match=r"checkpoint_best\.pth\.tar.*testing\.checkpoint"):
+    with pytest.raises(list_features.MissingCheckpoint, match=r"checkpoint_best\.pth\.tar.*testing\.checkpoint"):
         run(tmp_path, features=None)
     process = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--cfg", CONFIG, "--opts",
                               f"testing.checkpoint={tmp_path / 'nowhere.pth.tar'}"],
@@ -184,7 +185,7 @@ def cache_setup(tmp_path):
     keys = list(data["name2feat"])
     embeddings = torch.stack([data["name2feat"][k] for k in keys])
     path = str(tmp_path / "features_test.pt")
-    source = script.provenance(cfg, str(checkpoint))
+    source = list_features.provenance(cfg, str(checkpoint))
     save_features_file(path, keys, embeddings, [data["name2id"][k] for k in keys],
                               [data["name2gender"][k] for k in keys], source)
     return cfg, checkpoint, path, source, set(keys), embeddings
@@ -195,7 +196,7 @@ def test_cache_round_trip_in_the_released_format(cache_setup):
     data = torch.load(path, weights_only=True)
     assert {"name2feat", "name2id", "name2gender"} <= set(data) and data["source"] == source
     assert data["name2gender"]["id10000/vid0/00001.wav"] == "f" and set(data["name2feat"]) == keys
-    features = script.reusable_cache(path, source, keys)
+    features = list_features.reusable_cache(path, source, keys)
     np.testing.assert_array_equal(features.embeddings, embeddings.numpy())
     assert source["checkpoint_sha256"] == hashlib.sha256(b"weights").hexdigest()
     assert source["config"]["models"]["embedding_dim"] == 128
@@ -203,26 +204,26 @@ def test_cache_round_trip_in_the_released_format(cache_setup):
 
 def test_cache_made_by_another_checkpoint_or_config_is_not_reused(cache_setup, capsys):
     cfg, checkpoint, path, source, keys, _ = cache_setup
-    assert script.reusable_cache(path, source, keys) is not None
+    assert list_features.reusable_cache(path, source, keys) is not None
     assert "reusing" in capsys.readouterr().out
 
     stat = os.stat(checkpoint)
     checkpoint.write_bytes(b"WEIGHTS")  # retrained: other bytes of the same size ...
     os.utime(checkpoint, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and the same time
-    assert script.reusable_cache(path, script.provenance(cfg, str(checkpoint)), keys) is None
+    assert list_features.reusable_cache(path, list_features.provenance(cfg, str(checkpoint)), keys) is None
     message = capsys.readouterr().out
     assert f"extracted by {checkpoint}" in message and "checkpoint_sha256" in message and "extracting again" in message
     checkpoint.write_bytes(b"weights")
 
     changed = load_config(CONFIG, [f"output_dir={checkpoint.parent}", "models.embedding_dim=64"])
-    assert script.reusable_cache(path, script.provenance(changed, str(checkpoint)), keys) is None
+    assert list_features.reusable_cache(path, list_features.provenance(changed, str(checkpoint)), keys) is None
     assert "config" in capsys.readouterr().out
 
-    assert script.reusable_cache(path, source, keys | {"id99999/x/00001.wav"}) is None
+    assert list_features.reusable_cache(path, source, keys | {"id99999/x/00001.wav"}) is None
     assert "lacks 1 of the files" in capsys.readouterr().out
 
     torch.save(torch.load(REFERENCE, weights_only=True), path)  # a features file with no record of its maker
-    assert script.reusable_cache(path, source, keys) is None
+    assert list_features.reusable_cache(path, source, keys) is None
     assert "does not record the checkpoint" in capsys.readouterr().out
 
 
@@ -236,19 +237,19 @@ def test_model_path_reuses_the_cache_only_for_its_checkpoint(cache_setup, monkey
         extracted.append((checkpoint, sorted(files["voice"]), sorted(files["face"])))
         return as_arrays(torch.load(REFERENCE, weights_only=True), REFERENCE)
 
-    monkeypatch.setattr(script, "extract_features", fake_extract)
-    monkeypatch.setattr(script, "check_stores", lambda cfg, lists, keys: None)  # these lists have no stores
-    features = script.model_features(cfg, lists, str(checkpoint))
+    monkeypatch.setattr(list_features, "extract_features", fake_extract)
+    monkeypatch.setattr(list_features, "check_stores", lambda cfg, lists, keys: None)  # these lists have no stores
+    features = list_features.model_features(cfg, lists, str(checkpoint))
     assert not extracted
     np.testing.assert_array_equal(features.embeddings, embeddings.numpy())
 
     os.utime(checkpoint, (0, 0))  # same bytes, another time: the same model
     copy = checkpoint.parent / "copy.pth.tar"
     shutil.copy(checkpoint, copy)  # or elsewhere
-    script.model_features(cfg, lists, str(copy))
+    list_features.model_features(cfg, lists, str(copy))
     assert not extracted
     checkpoint.write_bytes(b"weightz")  # other bytes, same size
-    script.model_features(cfg, lists, str(checkpoint))
+    list_features.model_features(cfg, lists, str(checkpoint))
     assert len(extracted) == 1
     _, voices, faces = extracted[0]  # every file the lists name, routed by modality
     assert voices == sorted(k for k in keys if k.endswith(".wav"))

@@ -18,7 +18,7 @@ from typing import IO, Any, Callable, Iterable
 import yaml
 from easydict import EasyDict
 
-from utils.errors import UserError
+from utils.errors import ConfigError
 
 # Keys whose default is None take a value of this type (None stays allowed).
 NULLABLE_TYPES: dict[str, type] = {
@@ -224,10 +224,6 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 OPTS_HELP = ("config overrides, `section.key=value` (e.g. training.lr=1e-3 dataset.num_workers=8); every key, "
              "with its default and meaning, is listed in DEFAULTS of utils/config.py; values are type-checked")
-
-
-class ConfigError(UserError, ValueError):
-    """A config key is unknown or has a value of the wrong type or out of its range."""
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> list[str]:

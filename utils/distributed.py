@@ -11,8 +11,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from utils.config import ConfigError
-from utils.errors import UserError
+from utils.errors import ConfigError, UserError
 from utils.run_folder import process_alive
 
 

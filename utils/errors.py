@@ -8,3 +8,7 @@ class UserError(Exception):
 class CheckpointError(UserError, ValueError):
     """A checkpoint or pretrained file cannot be used: empty, corrupt, holding code, in no known layout, not
     finite, or from another config."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config key is unknown or has a value of the wrong type or out of its range."""

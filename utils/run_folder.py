@@ -11,7 +11,6 @@ import time
 
 import yaml
 
-from utils.config import config_to_dict
 from utils.errors import UserError
 from utils.files import WriteError, atomic_write
 
@@ -87,10 +86,10 @@ def release_lock(path: str) -> None:
         os.unlink(path)
 
 
-def write_run_config(cfg, folder: str) -> None:
-    """Write `<folder>/config.yaml`; a different one already there is kept as config.<time>.yaml first."""
+def write_run_config(new: dict, folder: str) -> None:
+    """Write the config `new` (plain data) as `<folder>/config.yaml`; a different one already there is kept as
+    config.<time>.yaml first."""
     path = os.path.join(folder, CONFIG_NAME)
-    new = config_to_dict(cfg)
     if os.path.exists(path):
         with open(path) as f:
             old = yaml.safe_load(f)

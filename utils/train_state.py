@@ -282,6 +282,6 @@ def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, ch
         else:
             record = read_run_record(folder) or {}
             run_id, parent = line, record.get("parent") if record.get("run") == line else None
-    write_run_config(cfg, folder)
+    write_run_config(config_to_dict(cfg), folder)
     write_run_record(folder, run_id, parent)
     return run_id
