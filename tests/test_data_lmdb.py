@@ -10,7 +10,8 @@ import soundfile
 
 from data.lmdb_store import (AUDIO_STORE, NOTES_FILE, BadInput, LmdbStore, MissingKeyError, build_store,
                              decode_audio, encode_audio, encode_image)
-from data.prepare import make_stores, _Scanner
+from data.prepare import make_stores
+from data.scan import IdentityScanner
 from data.splits import read_split, write_split
 from utils.errors import UserError
 from helpers import tiny_config
@@ -157,7 +158,7 @@ def test_missing_identity_folder_is_reported(tmp_path, tiny_root, capsys):
     ghost = Identity("id99999", "No_Body", "m", "X", "dev")
     for split, ids in (("train", meta[11:] + [ghost]), ("val", meta[1:6]), ("test", meta[6:11])):
         write_split(cfg.dataset.list_dir, split, ids)
-    make_stores(cfg, read_split(cfg.dataset.list_dir, "train"), _Scanner(cfg))
+    make_stores(cfg, read_split(cfg.dataset.list_dir, "train"), IdentityScanner(cfg))
     out = capsys.readouterr().out
     assert f"skipped {os.path.join(cfg.dataset.audio_data_dir, 'id99999')}: identity folder missing" in out
     assert f"skipped {os.path.join(cfg.dataset.image_data_dir, 'No_Body')}: identity folder missing" in out

@@ -5,7 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from data.prepare import make_splits, prepare, _Scanner
+from data.prepare import make_splits, prepare
+from data.scan import IdentityScanner
 from data.splits import (SPLIT_HEADER, Identity, assign_splits, key_labels, natural_key, read_meta,
                          read_split, read_split_file, split_of_ranges, split_path, write_split)
 from helpers import tiny_config
@@ -67,7 +68,7 @@ def test_identities_without_faces_or_clips_are_none(tmp_path, tiny_root):
         os.remove(root / "VGG_ALL_FRONTAL" / meta[9].vgg_id / f)
     shutil.rmtree(root / "wav" / meta[10].vox_id)
     cfg = tiny_config(str(root))
-    splits = make_splits(cfg, _Scanner(cfg))
+    splits = make_splits(cfg, IdentityScanner(cfg))
     with open(split_path(cfg.dataset.list_dir, "test")) as f:
         rows = [line.split(",") for line in f.read().splitlines()[1:]]
     assert [r[0] for r in rows] == [f"id{n:05d}" for n in range(7, 12)]
