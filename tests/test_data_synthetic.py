@@ -83,7 +83,7 @@ def test_deterministic_for_a_seed(tmp_path):
 
 def test_default_corpus_has_faceless_identities_in_every_split():
     cfg = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))
-    faceless = synthetic._faceless(cfg.dataset.synthetic.identities)
+    faceless = synthetic.people._faceless(cfg.dataset.synthetic.identities)
     meta = [synthetic.sample_persona(i, cfg.dataset.synthetic.identities, 0) for i in sorted(faceless)]
     splits = split_of_ranges(meta, cfg.dataset.split_ranges)
     assert sorted(splits.values()) == ["test", "test", "train", "train", "val", "val"]
