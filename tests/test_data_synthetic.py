@@ -113,8 +113,8 @@ def test_shared_attributes_drive_both_modalities():
     for group in (male, ~male):  # body size shows in both modalities within a gender
         assert np.corrcoef(body[group], vtl[group])[0, 1] > 0.6
         assert np.corrcoef(body[group], width[group])[0, 1] > 0.6
-    nation_tone = np.array([synthetic.NATIONALITIES[p.nation][2] for p in people])
-    nation_f1 = np.array([synthetic.NATIONALITIES[p.nation][3] for p in people])
+    nation_tone = np.array([synthetic.people.NATIONALITIES[p.nation][2] for p in people])
+    nation_f1 = np.array([synthetic.people.NATIONALITIES[p.nation][3] for p in people])
     brightness = np.array([p.skin.mean() for p in people])
     assert np.corrcoef(nation_tone, brightness)[0, 1] < -0.8
     assert np.corrcoef(nation_f1, [p.vowel_colour[0] for p in people])[0, 1] > 0.8
