@@ -197,7 +197,7 @@ def _prepare(cfg: EasyDict, splits: tuple[str, ...]) -> None:
     d = cfg.dataset
     start = time.time()
     if d.synthetic.root and not os.path.exists(os.path.join(d.synthetic.root, "vox1_meta.csv")):
-        from data.synthetic import generate_corpus
+        from data.synthetic import generate_corpus  # scipy and OpenCV: imported only to generate the corpus
 
         print(f"generating the synthetic corpus ({d.synthetic.identities} identities) in {d.synthetic.root}")
         generate_corpus(d.synthetic.root, d.synthetic.identities, d.synthetic.seed)
