@@ -107,7 +107,7 @@ class _ImportVisitor(ast.NodeVisitor):
         self.generic_visit(node)
         self.depth -= 1
 
-    visit_FunctionDef = visit_AsyncFunctionDef = visit_Lambda = _function
+    visit_FunctionDef = visit_AsyncFunctionDef = _function
 
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
@@ -146,8 +146,8 @@ def read_house(root: str) -> House:
 
 def circles(house: House) -> list[list[str]]:
     """One loop (a → b → … → a) per group of modules that import each other (Tarjan's strongly connected
-    components), module-level imports only: a function-local import is run later and does not close a loop at
-    import time, but it still ties the modules together, so it counts too."""
+    components). Function-local imports count too: run later, they close no loop at import time, but they tie
+    the modules together all the same."""
     graph: dict[str, set[str]] = defaultdict(set)
     for edge in house.imports:
         graph[edge.source].add(edge.target)
