@@ -1,5 +1,7 @@
-"""The README's commands against the code: every command line parses and names files and config keys that exist;
-the Quick start runs as written in a fresh clone (slow)."""
+"""The commands of README.md and docs/*.md against the code: every command line parses and names files and config
+keys that exist, every link leads to a file (and heading) that exists; the Quick start runs as written in a fresh
+clone (slow)."""
+import glob
 import os
 import re
 import shlex
@@ -12,23 +14,25 @@ from helpers import ROOT, load_test_script
 from utils.config import load_config
 
 README = os.path.join(ROOT, "README.md")
+DOCUMENTS = [README, *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]
 
 
-def shell_blocks() -> list[str]:
-    with open(README, encoding="utf-8") as f:
+def shell_blocks(document: str = README) -> list[str]:
+    with open(document, encoding="utf-8") as f:
         return re.findall(r"```bash\n(.*?)```", f.read(), flags=re.S)
 
 
-def commands() -> list[list[str]]:
-    """Every command of the README's bash blocks, as argv lists: continuations joined, comments dropped,
+def commands(documents: list[str] = DOCUMENTS) -> list[list[str]]:
+    """Every command of the documents' bash blocks, as argv lists: continuations joined, comments dropped,
     `&&` chains split."""
     found = []
-    for block in shell_blocks():
-        for line in block.replace("\\\n", " ").splitlines():
-            line = line.split(" # ")[0].split("  #")[0].strip()
-            for part in line.split("&&"):
-                if part.strip() and not part.strip().startswith("#"):
-                    found.append(shlex.split(part))
+    for document in documents:
+        for block in shell_blocks(document):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split(" # ")[0].split("  #")[0].strip()
+                for part in line.split("&&"):
+                    if part.strip() and not part.strip().startswith("#"):
+                        found.append(shlex.split(part))
     return found
 
 
@@ -51,7 +55,8 @@ PROGRAMS = [c for c in commands() if script_parser(c)]
 
 
 def test_the_readme_has_the_commands_this_test_reads():
-    names = {" ".join(c[:3]) for c in PROGRAMS}
+    assert os.path.join(ROOT, "docs", "training.md") in DOCUMENTS  # the docs' commands are read too
+    names = {" ".join(c[:3]) for c in commands([README]) if script_parser(c)}
     assert {"python train.py --cfg", "python test.py --cfg", "python -m data.prepare"} <= names
     quick_start = shell_blocks()[:2]
     assert "python train.py --cfg config/synthetic.yaml" in quick_start[0]
@@ -71,9 +76,39 @@ def test_readme_files_and_modules_exist():
         if argv[0] == "python" and argv[1].endswith(".py"):
             assert os.path.isfile(os.path.join(ROOT, argv[1])), argv
         if argv[:2] == ["python", "-m"] and not argv[2].startswith(("pytest", "torch", "pip")):
-            assert os.path.isfile(os.path.join(ROOT, *argv[2].split(".")) + ".py"), argv
+            module = os.path.join(ROOT, *argv[2].split("."))
+            assert os.path.isfile(module + ".py") or os.path.isfile(os.path.join(module, "__main__.py")), argv
         if argv[:2] == ["pip", "install"]:
             assert os.path.isfile(os.path.join(ROOT, argv[argv.index("-r") + 1])), argv
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces as hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def links() -> list[tuple[str, str]]:
+    """(document, target) of every relative link and image of the documents (web addresses left out)."""
+    found = []
+    for document in DOCUMENTS:
+        with open(document, encoding="utf-8") as f:
+            text = re.sub(r"```.*?```", "", f.read(), flags=re.S)
+        found += [(document, target) for target in re.findall(r"\]\(([^)\s]+)\)", text)
+                  if not target.startswith(("http://", "https://", "mailto:"))]
+    return found
+
+
+def test_every_link_leads_to_a_file_and_heading_that_exist():
+    assert len(links()) > 20
+    for document, target in links():
+        path, _, anchor = target.partition("#")
+        linked = os.path.normpath(os.path.join(os.path.dirname(document), path)) if path else document
+        where = f"{os.path.relpath(document, ROOT)}: ({target})"
+        assert os.path.exists(linked), f"{where} leads to no file"
+        if anchor:
+            with open(linked, encoding="utf-8") as f:
+                headings = re.findall(r"^#+ (.+)$", re.sub(r"```.*?```", "", f.read(), flags=re.S), flags=re.M)
+            assert anchor in {github_anchor(h) for h in headings}, f"{where} names no heading of {path or 'itself'}"
 
 
 @pytest.mark.slow
