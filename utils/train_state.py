@@ -22,7 +22,7 @@ from data.provenance import training_data
 from utils import distributed
 from utils.checkpoint import (OWN_FORMAT, checkpoint_iteration, checkpoint_run, load_checkpoint, periodic_checkpoints,
                               read_checkpoint, save_checkpoint)
-from utils.config import config_to_dict
+from utils.config import config_to_dict, renamed
 from utils.errors import CheckpointError, UserError
 from utils.model_settings import model_settings, setting
 from utils.run_folder import read_run_record, write_run_config, write_run_record
@@ -218,8 +218,9 @@ RESUME_KEYS = ("seed", "models.embedding_dim", "models.face.units", "models.face
                "models.face.head_hidden", "models.voice.layers", "models.voice.filters", "models.voice.n_mels",
                "models.voice.head_hidden", "training.batch_size", "training.max_iter", "training.lr",
                "training.lr_steps", "training.lr_gamma", "training.momentum", "training.weight_decay",
-               "training.crop_seconds", "training.regauge_iter", "training.warm_up", "training.weight_update_iter",
-               "training.weighted_enabled", "training.H", "training.temp", "training.m_u", "training.m_l",
+               "training.crop_seconds", "training.bcr_start_iter", "training.ie_start_iter", "training.ie_refresh_iter",
+               "training.ie_enabled", "training.bcr_hinge", "training.temperature", "training.bcr_anchor_margin",
+               "training.bcr_margin",
                *DATA_KEYS)
 # Keys whose change (set with --opts) continues the same run: a longer schedule, the data moved elsewhere.
 # Any other change of RESUME_KEYS starts a branch of its own.
@@ -231,6 +232,7 @@ def check_resume_config(saved: dict | None, cfg, overridden: set[str], path: str
     --opts; returns the keys changed that way."""
     if not saved:
         return []
+    saved = renamed(saved, path, warn=False)  # a checkpoint written before the keys got their names
     current = config_to_dict(cfg)
     changed = [k for k in RESUME_KEYS if setting(saved, k) != setting(current, k)]
     changed_silently = [k for k in changed if not any(o == k or o.startswith(k + ".") for o in overridden)]
