@@ -143,8 +143,12 @@ def build_state(cfg, identities: int, device: torch.device) -> TrainState:
     optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
                                 weight_decay=tcfg.weight_decay)
     scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tcfg.amp == "fp16")
-    provenance = {"model_settings": model_settings(cfg), "training_data": training_data(cfg)}
-    return TrainState(model, create_loss(tcfg, identities).to(device), optimizer, scaler, provenance=provenance)
+    return TrainState(model, create_loss(tcfg, identities).to(device), optimizer, scaler, provenance=provenance(cfg))
+
+
+def provenance(cfg) -> dict:
+    """What every checkpoint records of the model it holds and the data it was trained on."""
+    return {"model_settings": model_settings(cfg), "training_data": training_data(cfg)}
 
 
 def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:

@@ -15,8 +15,8 @@ def test_released_config_has_the_papers_hyper_parameters():
     cfg = load_config("config/cfg.yaml")
     t = cfg.training
     assert (t.batch_size, t.lr, t.momentum, t.weight_decay) == (20, 0.01, 0.9, 0.0001)
-    assert (t.lr_steps, t.max_iter, t.warm_up, t.weight_update_iter) == ([6888, 9888], 27000, 6440, 920)
-    assert (t.regauge_iter, t.temp, t.m_u, t.m_l, t.H) == (6888, 0.5, 0.15, 0.2, True)
+    assert (t.lr_steps, t.max_iter, t.ie_start_iter, t.ie_refresh_iter) == ([6888, 9888], 27000, 6440, 920)
+    assert (t.bcr_start_iter, t.temperature, t.bcr_anchor_margin, t.bcr_margin, t.bcr_hinge) == (6888, 0.5, 0.15, 0.2, True)
     assert cfg.models.face.units == [3, 8, 36, 3] and cfg.models.voice.layers == [3, 4, 6, 3]
 
 
@@ -33,9 +33,9 @@ def test_misspelt_key_names_the_closest_valid_key(tmp_path):
 
 
 def test_opts_override_with_type_checking():
-    cfg = load_config("config/cfg.yaml", ["training.lr=0.02", "training.lr_steps=[10, 20]", "training.H=false",
+    cfg = load_config("config/cfg.yaml", ["training.lr=0.02", "training.lr_steps=[10, 20]", "training.bcr_hinge=false",
                                           "testing.checkpoint=/tmp/x.pth.tar", "training.weight_decay=0"])
-    assert cfg.training.lr == 0.02 and cfg.training.lr_steps == [10, 20] and cfg.training.H is False
+    assert cfg.training.lr == 0.02 and cfg.training.lr_steps == [10, 20] and cfg.training.bcr_hinge is False
     assert cfg.testing.checkpoint == "/tmp/x.pth.tar"
     assert isinstance(cfg.training.weight_decay, float)
     with pytest.raises(ConfigError, match="training.batch_size.*expects int"):
