@@ -68,6 +68,7 @@ from utils.errors import CheckpointError, UserError
 from utils.evaluation import validate
 from utils.model_settings import model_settings
 from utils.run import FiniteWatch, Interrupted, StopSignals, log_to_file, progress_line, seed_everything
+from utils.run_folder import release_lock
 from utils.train_state import (UNREADABLE, TrainState, begin_run, keep_other_runs_file, open_run_folder, reason,
                                save, save_periodic)
 
