@@ -67,7 +67,8 @@ from utils.config import DEFAULTS, ConfigError, load_config, require
 from utils.errors import CheckpointError, UserError
 from utils.evaluation import validate
 from utils.model_settings import model_settings
-from utils.run import FiniteWatch, Interrupted, StopSignals, log_to_file, progress_line, seed_everything
+from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
+                       seed_everything)
 from utils.run_folder import release_lock
 from utils.train_state import (UNREADABLE, TrainState, begin_run, keep_other_runs_file, open_run_folder, reason,
                                save, save_periodic)
@@ -212,39 +213,6 @@ def optimizer_step(state: TrainState, loss: torch.Tensor, skipped_steps: torch.T
 # ---------------------------------------------------------------------------
 # Logging and validation
 # ---------------------------------------------------------------------------
-def loss_terms_line(total: float, values: dict[str, float], iteration: int, cfg_training) -> str:
-    """`loss 9.5 = AaSM cross 3.1 + face 3.2 + voice 3.2 (BCR 0.41, ...)`: the total and the terms it sums."""
-    if cfg_training.objective == "infonce":
-        return (f"loss {total:.4f} = InfoNCE cross {values['infonce_cross']:.4f} + face {values['infonce_face']:.4f} "
-                f"+ voice {values['infonce_voice']:.4f}")
-    line = (f"loss {total:.4f} = AaSM cross {values['aasm_cross']:.4f} + face {values['aasm_face']:.4f} "
-            f"+ voice {values['aasm_voice']:.4f}")
-    if cfg_training.bcr_enabled and iteration >= cfg_training.bcr_start_iter:
-        return line + f" + λ {cfg_training.bcr_weight:g} × BCR {values['regauge']:.4f}"
-    note = (f"added from iteration {cfg_training.bcr_start_iter}" if cfg_training.bcr_enabled
-            else "not added: training.bcr_enabled false")
-    return line + f" (BCR {values['regauge']:.4f}, {note})"
-
-
-def log_iteration(writer, bar, iteration: int, loss: torch.Tensor, terms: dict, lr: float,
-                  skipped_steps: torch.Tensor | None, cfg_training, first: int, elapsed: float) -> None:
-    """tensorboard scalars, the progress bar and one train.log line (README, Training)."""
-    values = {name: float(value) for name, value in terms.items()}
-    total = float(loss.detach())
-    for name, value in values.items():
-        writer.add_scalar(f"loss/{name}", value, iteration)
-    writer.add_scalar("loss/total", total, iteration)
-    writer.add_scalar("lr", lr, iteration)
-    skipped = ""
-    if skipped_steps is not None:
-        writer.add_scalar("amp/skipped_steps", int(skipped_steps), iteration)
-        skipped = f", fp16 steps skipped {int(skipped_steps)}"
-    bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.0e}")
-    log.info("iteration %d/%d: lr %.4g, %s, rank accuracy %.3f%s; %s", iteration, cfg_training.max_iter, lr,
-             loss_terms_line(total, values, iteration, cfg_training), values["rank_accuracy"], skipped,
-             progress_line(iteration, first, cfg_training.max_iter, elapsed))
-
-
 def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:
     weights = equilibrium.identity_weights
     summary = ", ".join(f"{name.split('/')[-1]} {float(value):.4g}" for name, value in weight_summary(weights).items())
@@ -401,20 +369,6 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
             log.info(diagnostics.summary())
         writer.close()
     return {"iteration": state.iteration, "best_val": state.best_val, "seconds": elapsed, "run_dir": folder}
-
-
-def resume_command() -> str:
-    """This process' own command line with `--resume auto` (what continues the run)."""
-    args = list(sys.argv)
-    if "--resume" in args:
-        del args[args.index("--resume"):args.index("--resume") + 2]
-    launcher = "torchrun ... " if distributed.launched() else "python "
-    return launcher + " ".join(args + ["--resume", "auto"])
-
-
-def override_keys(opts: list[str]) -> set[str]:
-    """The config keys named in --opts (key=value ...)."""
-    return {opt.split("=", 1)[0].strip() for opt in opts}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -8,8 +8,8 @@ import pytest
 from easydict import EasyDict
 
 from helpers import tiny_config
-from train import loss_terms_line, train
-from utils.run import duration, progress_line
+from train import train
+from utils.run import duration, loss_terms_line, progress_line
 
 ITERATION_LINE = re.compile(
     r"iteration (\d+)/(\d+): lr ([0-9.e-]+), loss ([0-9.]+) = AaSM cross ([0-9.]+) \+ face ([0-9.]+) \+ voice ([0-9.]+)"

@@ -5,11 +5,15 @@ import logging
 import os
 import random
 import signal
+import sys
 
 import numpy as np
 import torch
 
+from utils import distributed
 from utils.errors import UserError
+
+log = logging.getLogger("train")
 
 
 def setup_logging(folder: str | None, is_main: bool) -> None:
@@ -111,3 +115,50 @@ class StopSignals:
     def __exit__(self, *exc) -> None:
         for signum, handler in self.previous.items():
             signal.signal(signum, handler)
+
+
+def loss_terms_line(total: float, values: dict[str, float], iteration: int, cfg_training) -> str:
+    """`loss 9.5 = AaSM cross 3.1 + face 3.2 + voice 3.2 (BCR 0.41, ...)`: the total and the terms it sums."""
+    if cfg_training.objective == "infonce":
+        return (f"loss {total:.4f} = InfoNCE cross {values['infonce_cross']:.4f} + face {values['infonce_face']:.4f} "
+                f"+ voice {values['infonce_voice']:.4f}")
+    line = (f"loss {total:.4f} = AaSM cross {values['aasm_cross']:.4f} + face {values['aasm_face']:.4f} "
+            f"+ voice {values['aasm_voice']:.4f}")
+    if cfg_training.bcr_enabled and iteration >= cfg_training.bcr_start_iter:
+        return line + f" + λ {cfg_training.bcr_weight:g} × BCR {values['regauge']:.4f}"
+    note = (f"added from iteration {cfg_training.bcr_start_iter}" if cfg_training.bcr_enabled
+            else "not added: training.bcr_enabled false")
+    return line + f" (BCR {values['regauge']:.4f}, {note})"
+
+
+def log_iteration(writer, bar, iteration: int, loss: torch.Tensor, terms: dict, lr: float,
+                  skipped_steps: torch.Tensor | None, cfg_training, first: int, elapsed: float) -> None:
+    """tensorboard scalars, the progress bar and one train.log line (README, Training)."""
+    values = {name: float(value) for name, value in terms.items()}
+    total = float(loss.detach())
+    for name, value in values.items():
+        writer.add_scalar(f"loss/{name}", value, iteration)
+    writer.add_scalar("loss/total", total, iteration)
+    writer.add_scalar("lr", lr, iteration)
+    skipped = ""
+    if skipped_steps is not None:
+        writer.add_scalar("amp/skipped_steps", int(skipped_steps), iteration)
+        skipped = f", fp16 steps skipped {int(skipped_steps)}"
+    bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.0e}")
+    log.info("iteration %d/%d: lr %.4g, %s, rank accuracy %.3f%s; %s", iteration, cfg_training.max_iter, lr,
+             loss_terms_line(total, values, iteration, cfg_training), values["rank_accuracy"], skipped,
+             progress_line(iteration, first, cfg_training.max_iter, elapsed))
+
+
+def resume_command() -> str:
+    """This process' own command line with `--resume auto` (what continues the run)."""
+    args = list(sys.argv)
+    if "--resume" in args:
+        del args[args.index("--resume"):args.index("--resume") + 2]
+    launcher = "torchrun ... " if distributed.launched() else "python "
+    return launcher + " ".join(args + ["--resume", "auto"])
+
+
+def override_keys(opts: list[str]) -> set[str]:
+    """The config keys named in --opts (key=value ...)."""
+    return {opt.split("=", 1)[0].strip() for opt in opts}
