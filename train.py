@@ -139,13 +139,14 @@ def build_state(cfg, identities: int, device: torch.device) -> TrainState:
     model = build_model(cfg.models, cfg.dataset.sample_rate)
     load_backbones(model, cfg.models)
     model = model.to(device)
-    tcfg = cfg.training
-    if tcfg.channels_last and device.type == "cuda":
+    cfg_training = cfg.training
+    if cfg_training.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
-                                weight_decay=tcfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tcfg.amp == "fp16")
-    return TrainState(model, create_loss(tcfg, identities).to(device), optimizer, scaler, provenance=provenance(cfg))
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg_training.lr, momentum=cfg_training.momentum,
+                                weight_decay=cfg_training.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg_training.amp == "fp16")
+    loss_fn = create_loss(cfg_training, identities).to(device)
+    return TrainState(model, loss_fn, optimizer, scaler, provenance=provenance(cfg))
 
 
 def provenance(cfg) -> dict:
@@ -279,7 +280,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     """The training loop, from the state the setup built to max_iter (or the plateau, or a signal).
 
     The run folder's config.yaml and run record are written only once every file the run starts from loaded."""
-    tcfg = cfg.training
+    cfg_training = cfg.training
     dataset = TrainDataset(cfg)
     state = build_state(cfg, len(dataset), device)
     checkpoint = state.restore(resume, ctx.rank, device) if resume else None
@@ -289,16 +290,17 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
         log.info("resumed from %s at iteration %d", resume, state.iteration + 1)
     if ctx.is_main:
         log.info("run %s in %s: iterations %d to %s", state.run_id, folder, state.iteration + 1,
-                 tcfg.max_iter if tcfg.plateau_patience <= 0 else "the plateau")
+                 cfg_training.max_iter if cfg_training.plateau_patience <= 0 else "the plateau")
     encoders = wrap_encoders(state.model, ctx, device)
-    amp_dtype = amp_dtype_of(tcfg, device)
+    amp_dtype = amp_dtype_of(cfg_training, device)
     skipped_steps = torch.zeros((), dtype=torch.long, device=device) if state.scaler.is_enabled() else None
     start = state.iteration + 1
     batches = iter(train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size))
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
-    diagnostics = TrainingDiagnostics(tcfg, writer) if tcfg.diagnostics and ctx.is_main else None
-    bar = tqdm(total=tcfg.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
-    last = tcfg.max_iter if tcfg.plateau_patience <= 0 else None  # None: decided by the plateau rule
+    diagnostics = TrainingDiagnostics(cfg_training, writer) if cfg_training.diagnostics and ctx.is_main else None
+    bar = tqdm(total=cfg_training.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train",
+               dynamic_ncols=True)
+    last = cfg_training.max_iter if cfg_training.plateau_patience <= 0 else None  # None: decided by the plateau rule
     watch = FiniteWatch()
     loss_fn = state.equilibrium  # the method's loss, owning the IE buffers
     interrupted = False
@@ -313,7 +315,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
                     raise
                 interrupted = True
                 break
-            lr = learning_rate(iteration, tcfg)
+            lr = learning_rate(iteration, cfg_training)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             embeddings, labels = embed(encoders, batch, cfg, device, amp_dtype)
@@ -321,25 +323,28 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
             watch.update({"loss": loss, **{k: v for k, v in terms.items() if k not in NOT_A_LOSS_TERM}}, iteration)
             if refreshed and ctx.is_main:
                 log_refresh(loss_fn, iteration, writer)
-            if ctx.is_main and loss_fn.bcr_in_total(iteration) and iteration == tcfg.bcr_start_iter:
+            if ctx.is_main and loss_fn.bcr_in_total(iteration) and iteration == cfg_training.bcr_start_iter:
                 log.info("iteration %d: BCR switches on (training.bcr_start_iter): from here the total loss "
-                         "includes λ·BCR = %g × BCR, so the logged loss jumps by that term", iteration, tcfg.bcr_weight)
+                         "includes λ·BCR = %g × BCR, so the logged loss jumps by that term", iteration,
+                         cfg_training.bcr_weight)
             optimizer_step(state, loss, skipped_steps)
             state.iteration = iteration
             bar.update(1)
 
-            validating = iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0
+            since_val_start = iteration - cfg_training.val_start
+            validating = since_val_start >= 0 and since_val_start % cfg_training.val_iter == 0
             end = iteration == last
-            saving = iteration == 1 or iteration % tcfg.save_iter == 0
-            logging_now = iteration % tcfg.log_iter == 0 or iteration == start
+            saving = iteration == 1 or iteration % cfg_training.save_iter == 0
+            logging_now = iteration % cfg_training.log_iter == 0 or iteration == start
             if logging_now or validating or end or saving:
                 watch.check()  # the loss is identical on every rank, so every rank stops alike
                 if logging_now and ctx.is_main:
-                    log_iteration(writer, bar, iteration, loss, terms, lr, skipped_steps, tcfg, start,
+                    log_iteration(writer, bar, iteration, loss, terms, lr, skipped_steps, cfg_training, start,
                                   time.time() - t0)
             if validating or end:
                 validate_and_keep_best(state, folder, cfg, ctx, device, writer)
-                if last is None and iteration >= tcfg.max_iter and plateaued(state.history, tcfg.plateau_patience):
+                if last is None and iteration >= cfg_training.max_iter and \
+                        plateaued(state.history, cfg_training.plateau_patience):
                     last, end = iteration, True
             if saving or end:
                 save_periodic(state, folder, cfg, ctx, device)

@@ -1,11 +1,11 @@
-"""Per-iteration loss, forward + backward: the fused `losses.total_loss` against a per-row loop and against
+"""Per-iteration loss, forward + backward: the fused `ArchetypeAgnosticLoss.terms_of` against a per-row loop and against
 the plain autograd definition (`training.loss_impl: reference`).
 
 The loop computes the same math the way the release does: masked B×B matrices built by broadcasting,
 then a Python double loop over the rows and entries of T for the BCR row means, whose results are
 rebuilt from Python numbers (so, as in the release, no gradient flows through BCR), and the
-zero-avoiding means by boolean indexing. It is compared with `total_loss(bcr_detach=True)`, the same
-computation; `total_loss` with BCR gradients (the default, which the loop cannot give) is timed as
+zero-avoiding means by boolean indexing. It is compared with `terms_of` under bcr_detach, the same
+computation; `terms_of` with BCR gradients (the default, which the loop cannot give) is timed as
 well, and so is the plain reference (losses/reference.py, BCR gradient included), which must give the
 same loss, input gradients and counts as the fused version. Both must give the same loss, input
 gradients and IE counts as the loop. One CPU thread; the loop's best of 3 (B > 64) or 10 runs against
