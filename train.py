@@ -45,11 +45,9 @@ if __name__ == "__main__":
 import copy
 import logging
 import os
-import random
 import signal
 import time
 
-import numpy as np
 import torch
 from easydict import EasyDict
 from tensorboardX import SummaryWriter
@@ -58,28 +56,22 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
+from data.provenance import training_data
 from evaluation.extraction import validate
-from losses import InstanceEquilibrium, should_refresh, total_loss
+from losses import InstanceEquilibrium, create_loss
 from losses.diagnostics import TrainingDiagnostics, weight_summary
 from models import build_model
-from models.layouts import load_pretrained_face, load_pretrained_voice
+from models.layouts import load_checkpoint, load_pretrained_face, load_pretrained_voice
 from models.pair_encoder import PairEncoder
+from models.settings import model_settings
 from utils import distributed
-from utils.checkpoint import checkpoint_run, prune_checkpoints, read_checkpoint, set_aside
-from utils.config import DEFAULTS, ConfigError, load_config, require, run_dir
+from utils.config import DEFAULTS, ConfigError, load_config, require
 from utils.errors import CheckpointError, UserError
-from utils.files import remove_stale_temporaries
-from utils.run_folder import acquire_lock, release_lock
-from utils.train_state import (
-    UNREADABLE,
-    TrainState,
-    begin_run,
-    check_resume_config,
-    gathered_rng,
-    reason,
-    resumable_and_rejected,
-    why_not_resumable,
-)
+from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
+                       seed_everything)
+from utils.run_folder import release_lock
+from utils.train_state import (UNREADABLE, TrainState, begin_run, keep_other_runs_file, open_run_folder, reason,
+                               save, save_periodic)
 
 log = logging.getLogger("train")
 
@@ -87,7 +79,7 @@ NOT_A_LOSS_TERM = ("rank_accuracy",)  # logged beside the terms, never a reason 
 
 
 # ---------------------------------------------------------------------------
-# The method's pieces the loop calls
+# Schedule
 # ---------------------------------------------------------------------------
 def learning_rate(iteration: int, cfg_training) -> float:
     """Step schedule: lr × gamma for every step iteration already reached."""
@@ -103,187 +95,9 @@ def plateaued(history: list[float], patience: int) -> bool:
     return all(b <= a for a, b in zip(tail, tail[1:]))
 
 
-def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
-    """PairEncoder, under DDP with batch norm over the global batch when distributed."""
-    encoders = PairEncoder(model)
-    if not ctx.enabled:
-        return encoders
-    if device.type == "cuda":
-        encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
-    else:  # torch's SyncBatchNorm is GPU-only
-        distributed.convert_to_global_batch_norm(encoders)
-    return torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
-
-
-def loss_and_update_equilibrium(embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor,
-                                equilibrium: InstanceEquilibrium, iteration: int, cfg_training) -> tuple:
-    """The iteration's loss on the global batch, with Instance Equilibrium's bookkeeping around it.
-
-    Refreshes the identity weights first when due (so the new weights already serve this iteration),
-    then computes the loss, then adds the cross pair's ranking counts. Returns (loss, terms, refreshed).
-    """
-    refreshed = should_refresh(iteration, cfg_training)
-    if refreshed:
-        equilibrium.refresh()
-    loss, terms, correct = total_loss(*embeddings, equilibrium.weights_of(labels), iteration, cfg_training)
-    equilibrium.accumulate(labels, correct, labels.shape[0] - 1)
-    return loss, terms, refreshed
-
-
-def forward_loss(encoders: torch.nn.Module, batch: tuple, equilibrium: InstanceEquilibrium, iteration: int, cfg,
-                 ctx: distributed.Context, device: torch.device, amp_dtype: torch.dtype | None = None):
-    """Loss, logged terms and whether the IE weights were refreshed, on this rank's share of the global batch."""
-    faces, voice, voice_aux = (as_float(x, device) for x in batch[:3])
-    labels = batch[3].to(device, non_blocking=True)
-    face, face_aux = faces[:, 0], faces[:, 1]
-    if cfg.training.channels_last and device.type == "cuda":
-        face, face_aux = (x.contiguous(memory_format=torch.channels_last) for x in (face, face_aux))
-    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-        embeddings = encoders(face, face_aux, voice, voice_aux)
-    # Each rank's loss is the global one and its gradient reaches every rank's rows, so DDP's average
-    # over ranks is the single-process gradient of the global batch. Every rank also sees the whole
-    # gathered batch, so the equilibrium counters and weights agree on all ranks.
-    embeddings = tuple(distributed.gather_with_grad(e.float(), ctx) for e in embeddings)
-    return loss_and_update_equilibrium(embeddings, distributed.gather(labels, ctx), equilibrium, iteration,
-                                       cfg.training)
-
-
 # ---------------------------------------------------------------------------
-# Watching the run: NaN/inf, signals
+# Data, model, loss and optimizer
 # ---------------------------------------------------------------------------
-class NonFiniteLoss(UserError):
-    pass
-
-
-class FiniteWatch:
-    """Marks non-finite loss terms on the device every iteration; the host only looks in `check()`.
-
-    Reading a GPU value waits for the GPU, so it happens at log, validation and save iterations only;
-    a NaN is still never saved (TrainState.save checks the weights themselves).
-    """
-
-    def __init__(self):
-        self.names: list[str] = []
-        self.bad: torch.Tensor | None = None  # per term: non-finite at some iteration
-        self.first: torch.Tensor | None = None  # per term: first such iteration (0 = none)
-
-    def update(self, terms: dict[str, torch.Tensor], iteration: int) -> None:
-        bad = ~torch.isfinite(torch.stack([t.detach().float() for t in terms.values()]))
-        if self.bad is None:
-            self.names, self.bad, self.first = list(terms), bad, torch.where(bad, iteration, 0)
-        else:
-            self.first = torch.where(bad & ~self.bad, iteration, self.first)
-            self.bad = self.bad | bad
-
-    def check(self) -> None:
-        if self.bad is None or not bool(self.bad.any()):
-            return
-        flags, first = self.bad.tolist(), self.first.tolist()
-        iteration = min(f for f, b in zip(first, flags) if b)
-        bad = [name for name, b, f in zip(self.names, flags, first) if b and f == iteration]
-        raise NonFiniteLoss(f"non-finite loss at iteration {iteration}: term(s) {', '.join(bad)}; "
-                            "stopping without saving this state")
-
-
-class Interrupted(Exception):
-    """SIGINT/SIGTERM: the last finished iteration is saved; the message says how to continue."""
-
-    def __init__(self, message: str, signum: int):
-        super().__init__(message)
-        self.signum = signum
-
-
-class StopSignals:
-    """Turns SIGINT/SIGTERM into a request the loop answers between iterations; a second one acts at once."""
-
-    def __init__(self):
-        self.signum: int | None = None
-        self.previous = {}
-
-    def __enter__(self) -> "StopSignals":
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self.previous[signum] = signal.signal(signum, self._request)
-        return self
-
-    def _request(self, signum: int, frame) -> None:
-        self.signum = signum
-        signal.signal(signum, self.previous[signum])
-
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-
-# ---------------------------------------------------------------------------
-# Setup
-# ---------------------------------------------------------------------------
-def setup_logging(folder: str | None, is_main: bool) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if is_main and folder is not None:
-        handlers.append(logging.FileHandler(os.path.join(folder, "train.log")))
-    logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s", handlers=handlers, force=True)
-
-
-def log_to_file(message: str) -> None:
-    """An error line for train.log only: the program prints it to the terminal itself when it exits."""
-    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            handler.handle(record)
-
-
-def seed_everything(seed: int, deterministic: bool) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = not deterministic
-
-
-def resolve_resume(resume: str | None, folder: str, cfg, overridden: set[str]) -> tuple[str | None, list[str]]:
-    """The checkpoint to continue from ('auto': the newest good one of the run folder's latest run; the files it
-    rejects are moved aside as *.rejected), its config checked; returns (path, keys changed with --opts)."""
-    if resume == "auto":
-        resume, rejected = resumable_and_rejected(folder)
-        for path in rejected:
-            set_aside(path, path + ".rejected")
-        if resume is None:
-            log.info("--resume auto: no usable checkpoint in %s, starting fresh", folder)
-            return None, []
-    if not resume:
-        return None, []
-    if not os.path.isfile(resume):
-        raise CheckpointError(f"--resume: checkpoint file not found: {resume}")
-    try:
-        saved = read_checkpoint(resume)
-    except CheckpointError as e:
-        raise CheckpointError(f"{resume}: cannot be resumed: {str(e).removeprefix(f'{resume}: ')}") from None
-    changed = check_resume_config(saved.get("config") if isinstance(saved, dict) else None, cfg, overridden, resume)
-    return resume, changed
-
-
-def open_run_folder(cfg, resume: str | None, overridden: set[str], ctx: distributed.Context) -> tuple:
-    """Rank 0 locks the run folder, cleans it and picks the checkpoint; all ranks learn it.
-
-    Returns (folder, lock, checkpoint path or None, keys changed with --opts)."""
-    folder = run_dir(cfg)
-    lock = distributed.on_main(acquire_lock, ctx, folder)
-    try:
-        setup_logging(folder, ctx.is_main)
-
-        def on_main() -> tuple[str | None, list[str]]:
-            remove_stale_temporaries(folder)
-            return resolve_resume(resume or cfg.training.resume, folder, cfg, overridden)
-
-        return (folder, lock, *distributed.on_main(on_main, ctx))
-    except BaseException:
-        if ctx.is_main:
-            release_lock(lock)
-        raise
-
-
 def prepare_data(cfg, ctx: distributed.Context) -> None:
     if distributed.on_main(is_prepared, ctx, cfg):
         return
@@ -321,16 +135,35 @@ def load_backbones(model: torch.nn.Module, cfg_models) -> None:
 
 
 def build_state(cfg, identities: int, device: torch.device) -> TrainState:
+    """The model (backbones loaded), the loss with its IE buffers, SGD and the fp16 scaler."""
     model = build_model(cfg.models, cfg.dataset.sample_rate)
     load_backbones(model, cfg.models)
     model = model.to(device)
-    tcfg = cfg.training
-    if tcfg.channels_last and device.type == "cuda":
+    cfg_training = cfg.training
+    if cfg_training.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=tcfg.lr, momentum=tcfg.momentum,
-                                weight_decay=tcfg.weight_decay)
-    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and tcfg.amp == "fp16")
-    return TrainState(model, InstanceEquilibrium(identities).to(device), optimizer, scaler)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg_training.lr, momentum=cfg_training.momentum,
+                                weight_decay=cfg_training.weight_decay)
+    scaler = torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and cfg_training.amp == "fp16")
+    loss_fn = create_loss(cfg_training, identities).to(device)
+    return TrainState(model, loss_fn, optimizer, scaler, provenance=provenance(cfg))
+
+
+def provenance(cfg) -> dict:
+    """What every checkpoint records of the model it holds and the data it was trained on."""
+    return {"model_settings": model_settings(cfg), "training_data": training_data(cfg)}
+
+
+def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
+    """PairEncoder, under DDP with batch norm over the global batch when distributed."""
+    encoders = PairEncoder(model)
+    if not ctx.enabled:
+        return encoders
+    if device.type == "cuda":
+        encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
+    else:  # torch's SyncBatchNorm is GPU-only
+        distributed.convert_to_global_batch_norm(encoders)
+    return torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
 
 
 def amp_dtype_of(cfg_training, device: torch.device) -> torch.dtype | None:
@@ -339,30 +172,54 @@ def amp_dtype_of(cfg_training, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg_training.amp]
 
 
+def embed(encoders: torch.nn.Module, batch: tuple, cfg, device: torch.device,
+          amp_dtype: torch.dtype | None = None) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
+    """(face, face′, voice, voice′) embeddings and the labels of this rank's share of the global batch."""
+    faces, voice, voice_aux = (as_float(x, device) for x in batch[:3])
+    labels = batch[3].to(device, non_blocking=True)
+    face, face_aux = faces[:, 0], faces[:, 1]
+    if cfg.training.channels_last and device.type == "cuda":
+        face, face_aux = (x.contiguous(memory_format=torch.channels_last) for x in (face, face_aux))
+    with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+        return encoders(face, face_aux, voice, voice_aux), labels
+
+
+def global_batch(embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor, ctx: distributed.Context) -> tuple:
+    """The four embedding batches and the labels of the whole global batch, in float32, on every rank.
+
+    Each rank's loss is then the global one and its gradient reaches every rank's rows, so DDP's average
+    over ranks is the single-process gradient of the global batch. Every rank also sees the whole
+    gathered batch, so the equilibrium counters and weights agree on all ranks.
+    """
+    return (*(distributed.gather_with_grad(e.float(), ctx) for e in embeddings), distributed.gather(labels, ctx))
+
+
+def optimizer_step(state: TrainState, loss: torch.Tensor, skipped_steps: torch.Tensor | None) -> None:
+    """Backward and SGD step; with fp16, a step the scaler skips (inf gradients) is counted on the device."""
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(loss).backward()
+    if skipped_steps is None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        return
+    # The scale shrinks exactly when the step was skipped. scale(1) is the scale as a device tensor, so
+    # comparing needs no host sync (GradScaler.get_scale() would wait for the GPU every iteration).
+    one = torch.ones((), device=loss.device)
+    scale = state.scaler.scale(one)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    skipped_steps += state.scaler.scale(one) < scale
+
+
 # ---------------------------------------------------------------------------
-# Checkpoints and validation (called on every rank: they hold collectives)
+# Logging and validation
 # ---------------------------------------------------------------------------
-def save(state: TrainState, path: str, cfg, ctx: distributed.Context, device: torch.device) -> None:
-    """Every rank contributes its RNG state; rank 0 writes (and its failure stops every rank)."""
-    rng = gathered_rng(ctx, device)
-    distributed.on_main(state.save, ctx, path, rng, cfg)
-
-
-def save_periodic(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device) -> str:
-    """checkpoint_<iteration>, then pruning of this run's older ones."""
-    path = os.path.join(folder, f"checkpoint_{state.iteration}.pth.tar")
-    if ctx.is_main:
-        keep_other_runs_file(path, state.run_id)
-    save(state, path, cfg, ctx, device)
-    if ctx.is_main:
-        prune_checkpoints(folder, cfg.training.keep_last, state.run_id, lambda p: why_not_resumable(p) is None)
-    return path
-
-
-def keep_other_runs_file(path: str, run_id: str) -> None:
-    """Another run's (or branch's) checkpoint at `path` is kept apart as <name>.<its run>.pth.tar, never overwritten."""
-    if os.path.isfile(path) and (other := checkpoint_run(path)) != run_id:
-        set_aside(path, f"{path.removesuffix('.pth.tar')}.{other or 'earlier'}.pth.tar")
+def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:
+    weights = equilibrium.identity_weights
+    summary = ", ".join(f"{name.split('/')[-1]} {float(value):.4g}" for name, value in weight_summary(weights).items())
+    log.info("iteration %d: IE weights refreshed: %s", iteration, summary)
+    if writer is not None:
+        writer.add_histogram("equilibrium/weights", weights.cpu().numpy(), iteration)
 
 
 def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device,
@@ -382,87 +239,6 @@ def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed
         save(state, best, cfg, ctx, device)
 
 
-def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:
-    weights = equilibrium.identity_weights
-    summary = ", ".join(f"{name.split('/')[-1]} {float(value):.4g}" for name, value in weight_summary(weights).items())
-    log.info("iteration %d: IE weights refreshed: %s", iteration, summary)
-    if writer is not None:
-        writer.add_histogram("equilibrium/weights", weights.cpu().numpy(), iteration)
-
-
-def bcr_in_total(iteration: int, cfg_training) -> bool:
-    """Whether the iteration's total loss includes λ·BCR (losses/reference.iteration_loss)."""
-    return cfg_training.objective == "aasm" and cfg_training.bcr_enabled and iteration >= cfg_training.regauge_iter
-
-
-def loss_terms_line(total: float, values: dict[str, float], iteration: int, cfg_training) -> str:
-    """`loss 9.5 = AaSM cross 3.1 + face 3.2 + voice 3.2 (BCR 0.41, ...)`: the total and the terms it sums."""
-    if cfg_training.objective == "infonce":
-        return (f"loss {total:.4f} = InfoNCE cross {values['infonce_cross']:.4f} + face {values['infonce_face']:.4f} "
-                f"+ voice {values['infonce_voice']:.4f}")
-    line = (f"loss {total:.4f} = AaSM cross {values['aasm_cross']:.4f} + face {values['aasm_face']:.4f} "
-            f"+ voice {values['aasm_voice']:.4f}")
-    if bcr_in_total(iteration, cfg_training):
-        return line + f" + λ {cfg_training.regauge_weight:g} × BCR {values['regauge']:.4f}"
-    note = (f"added from iteration {cfg_training.regauge_iter}" if cfg_training.bcr_enabled
-            else "not added: training.bcr_enabled false")
-    return line + f" (BCR {values['regauge']:.4f}, {note})"
-
-
-def duration(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
-
-
-def progress_line(iteration: int, first: int, last: int, elapsed: float) -> str:
-    """Throughput since the run (or resume) started, elapsed time and the time left to iteration `last`."""
-    rate = (iteration - first + 1) / max(elapsed, 1e-9)
-    return (f"{rate:.2f} it/s, elapsed {duration(elapsed)}, "
-            f"remaining {duration(max(last - iteration, 0) / rate)}")
-
-
-def log_iteration(writer, bar, iteration: int, loss: torch.Tensor, terms: dict, lr: float,
-                  skipped_steps: torch.Tensor | None, cfg_training, first: int, elapsed: float) -> None:
-    """tensorboard scalars, the progress bar and one train.log line (README, Training)."""
-    values = {name: float(value) for name, value in terms.items()}
-    total = float(loss.detach())
-    for name, value in values.items():
-        writer.add_scalar(f"loss/{name}", value, iteration)
-    writer.add_scalar("loss/total", total, iteration)
-    writer.add_scalar("lr", lr, iteration)
-    skipped = ""
-    if skipped_steps is not None:
-        writer.add_scalar("amp/skipped_steps", int(skipped_steps), iteration)
-        skipped = f", fp16 steps skipped {int(skipped_steps)}"
-    bar.set_postfix(loss=f"{total:.4f}", lr=f"{lr:.0e}")
-    log.info("iteration %d/%d: lr %.4g, %s, rank accuracy %.3f%s; %s", iteration, cfg_training.max_iter, lr,
-             loss_terms_line(total, values, iteration, cfg_training), values["rank_accuracy"], skipped,
-             progress_line(iteration, first, cfg_training.max_iter, elapsed))
-
-
-def log_bcr_switch(iteration: int, cfg_training) -> None:
-    """One line where the total loss starts to include λ·BCR: the jump of the logged loss there is that term."""
-    if bcr_in_total(iteration, cfg_training) and iteration == cfg_training.regauge_iter:
-        log.info("iteration %d: BCR switches on (training.regauge_iter): from here the total loss includes "
-                 "λ·BCR = %g × BCR, so the logged loss jumps by that term", iteration, cfg_training.regauge_weight)
-
-
-def optimizer_step(state: TrainState, loss: torch.Tensor, skipped_steps: torch.Tensor | None) -> None:
-    """Backward and SGD step; with fp16, a step the scaler skips (inf gradients) is counted on the device."""
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(loss).backward()
-    if skipped_steps is None:
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        return
-    # The scale shrinks exactly when the step was skipped; comparing tensors needs no host sync
-    # (GradScaler's public get_scale() would wait for the GPU every iteration).
-    scale = state.scaler._scale.clone()
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    skipped_steps += state.scaler._scale < scale
-
-
 # ---------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------
@@ -471,18 +247,17 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
 
     `overridden`: config keys set explicitly (--opts); only those may differ from a resumed checkpoint's.
     """
-    tcfg = cfg.training
-    ctx = distributed.setup(cfg.device, tcfg.timeout_minutes)
+    ctx = distributed.setup(cfg.device, cfg.training.timeout_minutes)
     lock = None
     try:
         distributed.register_process(ctx)
-        if tcfg.batch_size % ctx.world_size:
-            raise ConfigError(f"training.batch_size={tcfg.batch_size} is not divisible by the "
+        if cfg.training.batch_size % ctx.world_size:
+            raise ConfigError(f"training.batch_size={cfg.training.batch_size} is not divisible by the "
                               f"{ctx.world_size} processes")
         device = distributed.device_of(cfg.device, ctx)
-        requested = bool(resume or tcfg.resume)
+        requested = bool(resume or cfg.training.resume)
         folder, lock, resume, changed = open_run_folder(cfg, resume, overridden, ctx)
-        seed_everything(cfg.seed + ctx.rank, tcfg.deterministic)
+        seed_everything(cfg.seed + ctx.rank, cfg.training.deterministic)
         prepare_data(cfg, ctx)
         return run(cfg, folder, resume, ctx, device, changed, requested)
     except Interrupted:  # every rank stops alike after a signal: nobody failed
@@ -490,7 +265,7 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
     except Exception as e:
         failure = distributed.stop_after_failure(e, ctx)
         if isinstance(failure, UserError):
-            log_to_file(f"error: {failure}")
+            log_to_file(log, f"error: {failure}", __file__)
         if failure is e:
             raise
         raise failure from None
@@ -505,27 +280,29 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     """The training loop, from the state the setup built to max_iter (or the plateau, or a signal).
 
     The run folder's config.yaml and run record are written only once every file the run starts from loaded."""
-    tcfg = cfg.training
+    cfg_training = cfg.training
     dataset = TrainDataset(cfg)
     state = build_state(cfg, len(dataset), device)
-    checkpoint = state.restore(resume, ctx.rank, device) if resume else None
+    checkpoint = state.restore(resume, ctx.rank, device, load_checkpoint) if resume else None
     state.run_id = distributed.on_main(begin_run, ctx, cfg, folder, resume, checkpoint, list(changed),
                                        resume_requested)
     if resume:
         log.info("resumed from %s at iteration %d", resume, state.iteration + 1)
     if ctx.is_main:
         log.info("run %s in %s: iterations %d to %s", state.run_id, folder, state.iteration + 1,
-                 tcfg.max_iter if tcfg.plateau_patience <= 0 else "the plateau")
+                 cfg_training.max_iter if cfg_training.plateau_patience <= 0 else "the plateau")
     encoders = wrap_encoders(state.model, ctx, device)
-    amp_dtype = amp_dtype_of(tcfg, device)
+    amp_dtype = amp_dtype_of(cfg_training, device)
     skipped_steps = torch.zeros((), dtype=torch.long, device=device) if state.scaler.is_enabled() else None
     start = state.iteration + 1
     batches = iter(train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size))
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
-    diagnostics = TrainingDiagnostics(encoders, tcfg, writer) if tcfg.diagnostics and ctx.is_main else None
-    bar = tqdm(total=tcfg.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train", dynamic_ncols=True)
-    last = tcfg.max_iter if tcfg.plateau_patience <= 0 else None  # None: decided by the plateau rule
+    diagnostics = TrainingDiagnostics(cfg_training, writer) if cfg_training.diagnostics and ctx.is_main else None
+    bar = tqdm(total=cfg_training.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train",
+               dynamic_ncols=True)
+    last = cfg_training.max_iter if cfg_training.plateau_patience <= 0 else None  # None: decided by the plateau rule
     watch = FiniteWatch()
+    loss_fn = state.equilibrium  # the method's loss, owning the IE buffers
     interrupted = False
     state.model.train()
     t0 = time.time()
@@ -538,40 +315,44 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
                     raise
                 interrupted = True
                 break
-            lr = learning_rate(iteration, tcfg)
+            lr = learning_rate(iteration, cfg_training)
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
-            loss, terms, refreshed = forward_loss(encoders, batch, state.equilibrium, iteration, cfg, ctx, device,
-                                                  amp_dtype)
+            embeddings, labels = embed(encoders, batch, cfg, device, amp_dtype)
+            loss, terms, refreshed = loss_fn(*global_batch(embeddings, labels, ctx), iteration)
             watch.update({"loss": loss, **{k: v for k, v in terms.items() if k not in NOT_A_LOSS_TERM}}, iteration)
             if refreshed and ctx.is_main:
-                log_refresh(state.equilibrium, iteration, writer)
-            if ctx.is_main:
-                log_bcr_switch(iteration, tcfg)
+                log_refresh(loss_fn, iteration, writer)
+            if ctx.is_main and loss_fn.bcr_in_total(iteration) and iteration == cfg_training.bcr_start_iter:
+                log.info("iteration %d: BCR switches on (training.bcr_start_iter): from here the total loss "
+                         "includes λ·BCR = %g × BCR, so the logged loss jumps by that term", iteration,
+                         cfg_training.bcr_weight)
             optimizer_step(state, loss, skipped_steps)
             state.iteration = iteration
             bar.update(1)
 
-            validating = iteration >= tcfg.val_start and (iteration - tcfg.val_start) % tcfg.val_iter == 0
+            since_val_start = iteration - cfg_training.val_start
+            validating = since_val_start >= 0 and since_val_start % cfg_training.val_iter == 0
             end = iteration == last
-            saving = iteration == 1 or iteration % tcfg.save_iter == 0
-            logging_now = iteration % tcfg.log_iter == 0 or iteration == start
+            saving = iteration == 1 or iteration % cfg_training.save_iter == 0
+            logging_now = iteration % cfg_training.log_iter == 0 or iteration == start
             if logging_now or validating or end or saving:
                 watch.check()  # the loss is identical on every rank, so every rank stops alike
                 if logging_now and ctx.is_main:
-                    log_iteration(writer, bar, iteration, loss, terms, lr, skipped_steps, tcfg, start,
+                    log_iteration(writer, bar, iteration, loss, terms, lr, skipped_steps, cfg_training, start,
                                   time.time() - t0)
             if validating or end:
                 validate_and_keep_best(state, folder, cfg, ctx, device, writer)
-                if last is None and iteration >= tcfg.max_iter and plateaued(state.history, tcfg.plateau_patience):
+                if last is None and iteration >= cfg_training.max_iter and \
+                        plateaued(state.history, cfg_training.plateau_patience):
                     last, end = iteration, True
             if saving or end:
                 save_periodic(state, folder, cfg, ctx, device)
             if diagnostics is not None:  # rank 0's rows only
                 if refreshed:
-                    diagnostics.record_weights(iteration, state.equilibrium.identity_weights)
+                    diagnostics.record_weights(iteration, loss_fn.identity_weights)
                 if logging_now:
-                    diagnostics.record(iteration, state.equilibrium.weights_of(batch[3].to(device)))
+                    diagnostics.record(iteration, embeddings, loss_fn.weights_of(labels))
             if end:
                 break
             # Every rank must agree before stopping: multi-process runs ask at the synchronised iterations only.
@@ -593,20 +374,6 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
             log.info(diagnostics.summary())
         writer.close()
     return {"iteration": state.iteration, "best_val": state.best_val, "seconds": elapsed, "run_dir": folder}
-
-
-def resume_command() -> str:
-    """This process' own command line with `--resume auto` (what continues the run)."""
-    args = list(sys.argv)
-    if "--resume" in args:
-        del args[args.index("--resume"):args.index("--resume") + 2]
-    launcher = "torchrun ... " if distributed.launched() else "python "
-    return launcher + " ".join(args + ["--resume", "auto"])
-
-
-def override_keys(opts: list[str]) -> set[str]:
-    """The config keys named in --opts (key=value ...)."""
-    return {opt.split("=", 1)[0].strip() for opt in opts}
 
 
 def main(argv: list[str] | None = None) -> None:

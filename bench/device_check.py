@@ -46,7 +46,7 @@ from data.prepare import prepare  # noqa: E402
 from data.synthetic import generate_corpus  # noqa: E402
 from models import build_model  # noqa: E402
 from evaluate import identity_of, test_split_files, write_lists  # noqa: E402  (bench/evaluate.py)
-from train import build_state, forward_loss, optimizer_step, wrap_encoders  # noqa: E402
+from train import build_state, embed, global_batch, optimizer_step, wrap_encoders  # noqa: E402
 from evaluation.extraction import embed_batches  # noqa: E402
 from evaluation.features import Features  # noqa: E402
 from evaluation.protocol import evaluate_list  # noqa: E402
@@ -114,7 +114,7 @@ def base_config(sizes: Sizes, work: str, device: str):
         cfg.models = copy.deepcopy(paper.models)
         cfg.dataset.image_size = cfg.dataset.store_image_size = paper.dataset.image_size
         cfg.dataset.num_workers = min(8, len(os.sched_getaffinity(0)))
-        for key in ("crop_seconds", "loss_impl", "temp", "m_u", "m_l", "H", "regauge_weight", "lr", "momentum",
+        for key in ("crop_seconds", "loss_impl", "temperature", "bcr_anchor_margin", "bcr_margin", "bcr_hinge", "bcr_weight", "lr", "momentum",
                     "weight_decay"):
             cfg.training[key] = paper.training[key]
     else:  # the tests' tiny encoders and inputs (tests/test_torchrun.py)
@@ -140,14 +140,15 @@ def synthetic_batch(cfg, device: torch.device, generator: torch.Generator, crop:
 
 def iteration_after_regauge(cfg) -> int:
     """An iteration where every term (AaSM, BCR, re-gauging with IE weights) is active."""
-    return cfg.training.regauge_iter + 1
+    return cfg.training.bcr_start_iter + 1
 
 
 def one_step(state, cfg, batch, device: torch.device, amp_dtype=None) -> torch.Tensor:
     """Forward, loss with IE, backward, SGD step: the trainer's own pieces (train.py)."""
     encoders = wrap_encoders(state.model, distributed.Context(), device)
-    loss, _, _ = forward_loss(encoders, batch, state.equilibrium, iteration_after_regauge(cfg), cfg,
-                              distributed.Context(), device, amp_dtype)
+    embeddings, labels = embed(encoders, batch, cfg, device, amp_dtype)
+    loss, _, _ = state.equilibrium(*global_batch(embeddings, labels, distributed.Context()),
+                                   iteration_after_regauge(cfg))
     optimizer_step(state, loss, None)
     return loss.detach()
 

@@ -1,11 +1,11 @@
-"""Per-iteration loss, forward + backward: the fused `losses.total_loss` against a per-row loop and against
+"""Per-iteration loss, forward + backward: the fused `ArchetypeAgnosticLoss.terms_of` against a per-row loop and against
 the plain autograd definition (`training.loss_impl: reference`).
 
 The loop computes the same math the way the release does: masked B×B matrices built by broadcasting,
 then a Python double loop over the rows and entries of T for the BCR row means, whose results are
 rebuilt from Python numbers (so, as in the release, no gradient flows through BCR), and the
-zero-avoiding means by boolean indexing. It is compared with `total_loss(bcr_detach=True)`, the same
-computation; `total_loss` with BCR gradients (the default, which the loop cannot give) is timed as
+zero-avoiding means by boolean indexing. It is compared with `terms_of` under bcr_detach, the same
+computation; `terms_of` with BCR gradients (the default, which the loop cannot give) is timed as
 well, and so is the plain reference (losses/reference.py, BCR gradient included), which must give the
 same loss, input gradients and counts as the fused version. Both must give the same loss, input
 gradients and IE counts as the loop. One CPU thread; the loop's best of 3 (B > 64) or 10 runs against
@@ -26,7 +26,7 @@ from easydict import EasyDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from losses import InstanceEquilibrium, should_refresh, total_loss  # noqa: E402
+from losses import InstanceEquilibrium, create_loss  # noqa: E402
 from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, REGAUGE_MARGIN  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
@@ -39,17 +39,17 @@ def loop_direction(anchors, candidates, offset, cfg):
     scores = (anchors.unsqueeze(1) * candidates_unit.unsqueeze(0)).sum(-1)
     own_scores = ((1.0 - off_diagonal) * scores).sum(-1, keepdim=True)
     # Σ over every j holds exp(0) = 1 for j = i; c − 1 makes up the rest.
-    aasm = torch.log(offset - 1 + torch.exp(off_diagonal * (scores - own_scores) / cfg.temp).sum(-1))
+    aasm = torch.log(offset - 1 + torch.exp(off_diagonal * (scores - own_scores) / cfg.temperature).sum(-1))
 
     cosines = (anchors_unit.unsqueeze(1) * candidates_unit.unsqueeze(0)).sum(-1)
     candidate_cosines = (candidates_unit.unsqueeze(1) * candidates_unit.unsqueeze(0)).sum(-1)
     positives = ((1.0 - off_diagonal) * cosines).sum(-1, keepdim=True)
-    if cfg.H:
-        raw = off_diagonal * (cosines - positives + cfg.m_l)
+    if cfg.bcr_hinge:
+        raw = off_diagonal * (cosines - positives + cfg.bcr_margin)
     else:
-        scale_positive = torch.clamp_min(1 + cfg.m_l - positives.detach(), 0)
-        scale_negative = torch.clamp_min(cosines.detach() + cfg.m_l, 0)
-        raw = off_diagonal * (scale_negative * (cosines - cfg.m_l) - scale_positive * (positives - (1 - cfg.m_l)))
+        scale_positive = torch.clamp_min(1 + cfg.bcr_margin - positives.detach(), 0)
+        scale_negative = torch.clamp_min(cosines.detach() + cfg.bcr_margin, 0)
+        raw = off_diagonal * (scale_negative * (cosines - cfg.bcr_margin) - scale_positive * (positives - (1 - cfg.bcr_margin)))
     loose = (raw > 0).float()
     regauged = (torch.clamp_min(raw, 0) + torch.clamp_min(loose * (candidate_cosines + REGAUGE_MARGIN - positives), 0)
                 + torch.clamp_min(loose * (cosines - candidate_cosines + REGAUGE_MARGIN), 0))
@@ -61,7 +61,7 @@ def loop_direction(anchors, candidates, offset, cfg):
                 total = total + regauged[i][j]
                 count += 1
         row_means.append((total / count).item() if count else 0.0)
-    bcr = torch.tensor(row_means) * (positives.squeeze(1) > cfg.m_u)
+    bcr = torch.tensor(row_means) * (positives.squeeze(1) > cfg.bcr_anchor_margin)
     correct = torch.count_nonzero(off_diagonal * (cosines - positives) < 0, dim=1)
     return aasm, bcr, correct
 
@@ -83,13 +83,13 @@ def loop_total(face, face_aux, voice, voice_aux, labels, weights, iteration, cfg
         nonzero = (bcr1 != 0).float() + (bcr2 != 0).float()
         bcr = bcr1 + bcr2
         bcr[bcr != 0] /= nonzero[bcr != 0]
-        if cfg.weighted_enabled:
+        if cfg.ie_enabled:
             regauge = regauge + zero_avoiding_mean(bcr * torch.index_select(weights, 0, labels))
         else:
             regauge = regauge + bcr.mean()
     loss = pair_aasm[0].mean() + (pair_aasm[1] + pair_aasm[2]).mean()
-    if iteration >= cfg.regauge_iter:
-        loss = loss + cfg.regauge_weight * regauge
+    if iteration >= cfg.bcr_start_iter:
+        loss = loss + cfg.bcr_weight * regauge
     return loss, counts
 
 
@@ -119,7 +119,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = EasyDict(load_config(args.cfg).training, loss_impl="fused")
     # BCR and IE active, and no weight refresh inside the timed calls.
-    iteration = cfg.regauge_iter + int(should_refresh(cfg.regauge_iter, cfg))
+    iteration = cfg.bcr_start_iter + int(create_loss(cfg, 1).refresh_due(cfg.bcr_start_iter))
     print("B     loop (s)   fused, BCR detached (s)   ratio   fused, BCR gradient (s)   ratio"
           "   reference, BCR gradient (s)   reference / fused")
     for size in args.sizes:
@@ -131,7 +131,7 @@ def main() -> None:
         detached, reference = EasyDict(cfg, bcr_detach=True), EasyDict(cfg, loss_impl="reference")
 
         def vectorised(settings, target=equilibrium):
-            loss, _, correct = total_loss(*inputs, target.weights_of(labels), iteration, settings)
+            loss, _, correct = create_loss(settings, 1).terms_of(*inputs, target.weights_of(labels), iteration)
             loss.backward()
             return loss, correct
 

@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from losses import total_loss  # noqa: E402
+from losses import create_loss  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
@@ -60,7 +60,7 @@ def loss_flops(cfg, batch: int) -> float:
     """FLOPs of the loss forward + backward on real B × D embeddings (all terms on: an iteration after regauge)."""
     embeddings = [torch.randn(batch, cfg.models.embedding_dim, requires_grad=True) for _ in range(4)]
     with FlopCounterMode(display=False) as counter:
-        loss = total_loss(*embeddings, torch.ones(batch), cfg.training.regauge_iter + 1, cfg.training).loss
+        loss = create_loss(cfg.training, 1).terms_of(*embeddings, torch.ones(batch), cfg.training.bcr_start_iter + 1).loss
         loss.backward()
     return counter.get_total_flops()
 

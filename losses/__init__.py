@@ -1,12 +1,24 @@
-"""Losses of the method: AaSM, BCR, Instance Equilibrium and their per-iteration total.
+"""Losses of the method: AaSM, BCR and Instance Equilibrium as one module, and the InfoNCE baseline.
 
-`losses.reference` defines them plainly with autograd; `losses.aasm`, `losses.bcr` and `losses.pairs`
-compute the same terms fused, with a written-out gradient.
+`losses.reference` defines the terms plainly with autograd; `losses.fused` computes the same terms with a
+written-out gradient; `losses.archetype_agnostic.ArchetypeAgnosticLoss` is the iteration's loss.
 """
-from losses.equilibrium import InstanceEquilibrium, should_refresh
-from losses.pairs import bidirectional_terms, pair_terms, pairwise_terms
-from losses.reference import nonzero_mean
-from losses.total import total_loss
+from __future__ import annotations
 
-__all__ = ["nonzero_mean", "InstanceEquilibrium", "should_refresh", "bidirectional_terms", "pair_terms",
-           "pairwise_terms", "total_loss"]
+from losses.archetype_agnostic import ArchetypeAgnosticLoss, InstanceEquilibrium, IterationLoss, LossTerms
+from losses.infonce import InfoNCELoss
+
+__all__ = ["ArchetypeAgnosticLoss", "InfoNCELoss", "InstanceEquilibrium", "IterationLoss", "LossTerms",
+           "create_loss"]
+
+# The keys of `training` that are the method's hyper-parameters, by their constructor names.
+METHOD_KEYS = ("temperature", "bcr_anchor_margin", "bcr_margin", "bcr_hinge", "bcr_weight", "bcr_start_iter",
+               "bcr_enabled", "bcr_detach", "ie_enabled", "ie_start_iter", "ie_refresh_iter", "loss_impl")
+
+
+def create_loss(cfg_training, num_identities: int) -> InstanceEquilibrium:
+    """The loss `training.objective` names, with its hyper-parameters from `cfg_training`."""
+    schedule = dict(ie_start_iter=cfg_training.ie_start_iter, ie_refresh_iter=cfg_training.ie_refresh_iter)
+    if cfg_training.objective == "infonce":
+        return InfoNCELoss(num_identities, temperature=cfg_training.infonce_temperature, **schedule)
+    return ArchetypeAgnosticLoss(num_identities, **{key: cfg_training[key] for key in METHOD_KEYS})

@@ -10,11 +10,9 @@ from __future__ import annotations
 import torch
 from easydict import EasyDict
 
-from losses.aasm import positive_cosines
-from losses.bcr import loose_mask, raw_scores
-from losses.pairs import combine_directions, pairwise_terms
-from losses.reference import nonzero_mean
-from losses.total import PAIR_INDICES, PAIRS
+from losses.archetype_agnostic import CROSS, PAIR_INDICES, PAIRS
+from losses.fused import loose_mask, pairwise_terms, positive_cosines, raw_scores
+from losses.reference import combine_directions, nonzero_mean
 
 ENCODERS = {"face": (0, 1), "voice": (2, 3)}  # rows of the (face, face′, voice, voice′) stack
 
@@ -26,9 +24,9 @@ def screening(embeddings: torch.Tensor, cfg_training: EasyDict) -> dict[str, tor
     cosines = units[y_index] @ units[x_index].mT
     both = torch.cat([cosines, cosines.mT])  # direction 1 (anchors Y), then direction 2 (anchors X)
     positives = positive_cosines(both)
-    loose = loose_mask(raw_scores(both, positives, cfg_training.m_l, cfg_training.H)[0])
+    loose = loose_mask(raw_scores(both, positives, cfg_training.bcr_margin, cfg_training.bcr_hinge)[0])
     size = cosines.shape[-1]
-    screened = (positives.squeeze(-1) > cfg_training.m_u).float().view(2, len(PAIRS), size).mean(dim=(0, 2))
+    screened = (positives.squeeze(-1) > cfg_training.bcr_anchor_margin).float().view(2, len(PAIRS), size).mean(dim=(0, 2))
     loose_fraction = loose.sum(dim=(-2, -1)).view(2, len(PAIRS)).mean(0) / (size * (size - 1))
     out = {f"anchors_above_m_u/{name}": screened[k] for k, name in enumerate(PAIRS)}
     out.update({f"loose_pairs/{name}": loose_fraction[k] for k, name in enumerate(PAIRS)})
@@ -43,13 +41,14 @@ def loss_diagnostics(face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Te
     cfg = cfg_training
     with torch.enable_grad(), torch.autocast(device_type=face.device.type, enabled=False):
         embeddings = torch.stack([x.detach().float() for x in (face, face_aux, voice, voice_aux)]).requires_grad_()
-        aasm, bcr, _ = combine_directions(*pairwise_terms(embeddings, PAIR_INDICES, cross=(True, False, False),
-                                                          temp=cfg.temp, m_u=cfg.m_u, m_l=cfg.m_l, hinge=cfg.H))
-        if cfg.weighted_enabled:
+        aasm, bcr, _ = combine_directions(*pairwise_terms(embeddings, PAIR_INDICES, cross=CROSS, temp=cfg.temperature,
+                                                          m_u=cfg.bcr_anchor_margin, m_l=cfg.bcr_margin,
+                                                          hinge=cfg.bcr_hinge))
+        if cfg.ie_enabled:
             regauge = nonzero_mean(bcr * identity_weights.float()).sum()
         else:
             regauge = bcr.mean(dim=-1).sum()
-        aasm_sum, weighted = aasm.mean(dim=-1).sum(), cfg.regauge_weight * regauge
+        aasm_sum, weighted = aasm.mean(dim=-1).sum(), cfg.bcr_weight * regauge
         grad_aasm, = torch.autograd.grad(aasm_sum, embeddings, retain_graph=True)
         grad_bcr, = torch.autograd.grad(weighted, embeddings, allow_unused=True)
     if grad_bcr is None:  # no loose pair in the batch
@@ -72,28 +71,23 @@ def weight_summary(weights: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 class TrainingDiagnostics:
-    """Captures the encoders' outputs (a forward hook) and logs `loss_diagnostics` of them when asked.
+    """Logs `loss_diagnostics` of the embeddings it is given.
 
-    Keeps running means before and from `regauge_iter`, and the last IE weight summary, for `summary()`.
+    Keeps running means before and from `bcr_start_iter`, and the last IE weight summary, for `summary()`.
     """
 
-    def __init__(self, encoders: torch.nn.Module, cfg_training: EasyDict, writer):
+    def __init__(self, cfg_training: EasyDict, writer):
         self.cfg, self.writer = cfg_training, writer
-        self.embeddings: tuple[torch.Tensor, ...] | None = None
         # Named by iteration, not by whether BCR is applied: AaSM alone (bcr_enabled false) logs both phases too.
-        self.phases = (f"iterations < {cfg_training.regauge_iter}", f"iterations >= {cfg_training.regauge_iter}")
+        self.phases = (f"iterations < {cfg_training.bcr_start_iter}", f"iterations >= {cfg_training.bcr_start_iter}")
         self.sums: dict[str, dict[str, float]] = {phase: {} for phase in self.phases}
         self.counts = dict.fromkeys(self.phases, 0)
         self.last_weights: dict[str, float] = {}
-        encoders.register_forward_hook(self.capture)
 
-    def capture(self, module, inputs, outputs) -> None:
-        self.embeddings = tuple(x.detach() for x in outputs)
-
-    def record(self, iteration: int, identity_weights: torch.Tensor) -> None:
-        """Diagnostics of the last forward's batch, whose rows have these IE weights."""
-        values = {k: float(v) for k, v in loss_diagnostics(*self.embeddings, identity_weights, self.cfg).items()}
-        phase = self.phases[iteration >= self.cfg.regauge_iter]
+    def record(self, iteration: int, embeddings: tuple[torch.Tensor, ...], identity_weights: torch.Tensor) -> None:
+        """Diagnostics of one batch's (face, face′, voice, voice′) embeddings, whose rows have these IE weights."""
+        values = {k: float(v) for k, v in loss_diagnostics(*embeddings, identity_weights, self.cfg).items()}
+        phase = self.phases[iteration >= self.cfg.bcr_start_iter]
         self.counts[phase] += 1
         for name, value in values.items():
             self.writer.add_scalar(f"diagnostics/{name}", value, iteration)

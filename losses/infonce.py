@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from losses.pairs import correct_rankings
+from losses.archetype_agnostic import PAIR_INDICES, PAIRS, PAPER, InstanceEquilibrium, LossTerms
+from losses.fused import correct_rankings
 
 
 def infonce_terms(embeddings: torch.Tensor, pairs: list[tuple[int, int]], temp: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -21,3 +22,29 @@ def infonce_terms(embeddings: torch.Tensor, pairs: list[tuple[int, int]], temp: 
     positives = logits.diagonal(dim1=-2, dim2=-1)
     terms = 0.5 * (torch.logsumexp(logits, dim=-1) + torch.logsumexp(logits, dim=-2)) - positives
     return terms, correct_rankings(cosines[0].detach())
+
+
+class InfoNCELoss(InstanceEquilibrium):
+    """Σ_pairs mean symmetric InfoNCE over the pairs AaSM uses; terms infonce_<pair> and rank_accuracy.
+
+    Called like `ArchetypeAgnosticLoss`; IE keeps counting the ranks (its weights serve no term here), so
+    checkpoints and logs have the same shape for both objectives.
+    """
+
+    def __init__(self, num_identities: int, *, temperature: float = PAPER["infonce_temperature"],
+                 ie_start_iter: int = PAPER["ie_start_iter"], ie_refresh_iter: int = PAPER["ie_refresh_iter"]):
+        super().__init__(num_identities, ie_start_iter=ie_start_iter, ie_refresh_iter=ie_refresh_iter)
+        self.temperature = temperature
+
+    def bcr_in_total(self, iteration: int) -> bool:
+        return False
+
+    def terms_of(self, face: torch.Tensor, face_aux: torch.Tensor, voice: torch.Tensor, voice_aux: torch.Tensor,
+                 identity_weights: torch.Tensor, iteration: int) -> LossTerms:
+        with torch.autocast(device_type=face.device.type, enabled=False):
+            stacked = torch.stack([x.float() for x in (face, face_aux, voice, voice_aux)])
+            per_row, correct = infonce_terms(stacked, list(PAIR_INDICES), self.temperature)
+            means = per_row.mean(dim=-1)
+        terms = {f"infonce_{name}": value for name, value in zip(PAIRS, means.detach())}
+        terms["rank_accuracy"] = correct.float().mean() / (face.shape[0] - 1)
+        return LossTerms(means.sum(), terms, correct)

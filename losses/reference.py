@@ -1,9 +1,9 @@
-"""The method's loss written plainly with autograd: the definition the fused `losses.pairs` reproduces.
+"""The method's loss written plainly with autograd: the definition the fused `losses.fused` reproduces.
 
 The term functions read …×B×D embedding batches (row i of each batch from identity i, any leading
 dimensions), one function per term in the paper's symbols; the README's "Method" section gives the
 whole iteration. `training.loss_impl: reference` trains with these functions; `fused` computes the same
-values and gradients with one hand-written backward pass (losses/pairs.py); `auto`, the default, takes
+values and gradients with one hand-written backward pass (losses/fused.py); `auto`, the default, takes
 the fused form where it is at least twice as fast. The tests hold the two together on every reference case.
 """
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Sequence
 
 import torch
 import torch.nn.functional as F
-from easydict import EasyDict
 
 # The constant c of AaSM: the release's 1 + exp(0) + 3.4 across modalities and 2 + exp(0) + 3 within one.
 CROSS_MODAL_OFFSET = 5.4
@@ -111,23 +110,23 @@ def combined_terms(embeddings: torch.Tensor, pairs: Sequence[tuple[int, int]], *
 
 
 def iteration_loss(aasm_terms: torch.Tensor, bcr_terms: torch.Tensor, identity_weights: torch.Tensor,
-                   iteration: int, cfg_training: EasyDict) -> tuple[torch.Tensor, torch.Tensor]:
+                   iteration: int, *, bcr_weight: float, bcr_start_iter: int, bcr_enabled: bool, bcr_detach: bool,
+                   ie_enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss of iteration t and its BCR sum, from the per-row terms of the pairs (cross, face, voice) (3×B):
 
-    L = mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) + [t ≥ regauge_iter] · λ · Σ_pairs Z(b ⊙ w_y),
+    L = mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) + [t ≥ bcr_start_iter] · λ · Σ_pairs Z(b ⊙ w_y),
 
-    λ = regauge_weight (10), w_y = `identity_weights` (B,), the IE weight of each row's identity. With
-    `weighted_enabled: false` the BCR scores are averaged over all B rows, zeros included, as the release
-    does without IE; `bcr_detach: true` keeps BCR out of the gradient, as in the release;
-    `bcr_enabled: false` leaves AaSM alone (the BCR sum is still returned, for logging).
+    λ = bcr_weight (10), w_y = `identity_weights` (B,), the IE weight of each row's identity. With
+    `ie_enabled` false the BCR scores are averaged over all B rows, zeros included, as the release
+    does without IE; `bcr_detach` keeps BCR out of the gradient, as in the release;
+    `bcr_enabled` false leaves AaSM alone (the BCR sum is still returned, for logging).
     """
-    cfg = cfg_training
-    if cfg.bcr_detach:
+    if bcr_detach:
         bcr_terms = bcr_terms.detach()
-    regauge = (nonzero_mean(bcr_terms * identity_weights) if cfg.weighted_enabled else bcr_terms.mean(-1)).sum()
+    regauge = (nonzero_mean(bcr_terms * identity_weights) if ie_enabled else bcr_terms.mean(-1)).sum()
     loss = aasm_terms.mean(-1).sum()
-    if cfg.bcr_enabled and iteration >= cfg.regauge_iter:
-        loss = loss + cfg.regauge_weight * regauge
+    if bcr_enabled and iteration >= bcr_start_iter:
+        loss = loss + bcr_weight * regauge
     return loss, regauge
 
 

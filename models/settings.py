@@ -18,7 +18,7 @@ from easydict import EasyDict
 from models import VoiceFaceModel, build_model
 from models.layouts import load_checkpoint
 from utils.checkpoint import OWN_FORMAT, read_checkpoint
-from utils.config import config_to_dict
+from utils.config import config_to_dict, setting
 from utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -29,15 +29,6 @@ SETTING_KEYS = ("models.embedding_dim", "models.face.units", "models.face.widths
                 "models.voice.head_hidden", "dataset.sample_rate", "dataset.image_size")
 # These change no tensor's shape: the weights load, the inputs differ from the training's.
 INPUT_KEYS = ("dataset.sample_rate", "dataset.image_size")
-
-
-def setting(tree: dict, key: str):
-    """The value at a dotted key of a nested dict (a config, a checkpoint's record), None where absent."""
-    for part in key.split("."):
-        if not isinstance(tree, dict) or part not in tree:
-            return None
-        tree = tree[part]
-    return tree
 
 
 def model_settings(cfg: EasyDict) -> dict:

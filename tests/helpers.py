@@ -39,8 +39,8 @@ def short_run_opts(root: str, output_dir: str) -> list[str]:
             f"dataset.lmdb_dir={root}/lmdb", f"dataset.synthetic.root={root}", "dataset.synthetic.identities=80",
             "dataset.split_ranges.val=[id00001, id00010]", "dataset.split_ranges.test=[id00011, id00040]",
             "dataset.split_ranges.train=[id00041, id00080]", f"output_dir={output_dir}", "exp_name=short",
-            "training.max_iter=400", "training.lr_steps=[300]", "training.regauge_iter=300", "training.warm_up=200",
-            "training.weight_update_iter=50", "training.val_start=200", "training.val_iter=200",
+            "training.max_iter=400", "training.lr_steps=[300]", "training.bcr_start_iter=300", "training.ie_start_iter=200",
+            "training.ie_refresh_iter=50", "training.val_start=200", "training.val_iter=200",
             "training.save_iter=200", "testing.bootstrap=50"]
 
 

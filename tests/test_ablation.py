@@ -10,12 +10,12 @@ import torch.nn.functional as F
 import yaml
 
 from helpers import ROOT, save_config
-from losses.total import total_loss
+from losses import create_loss
 from utils.config import ConfigError, load_config
 
 ABLATION = os.path.join(ROOT, "config", "ablation")
-ARMS = {"aasm": dict(bcr_enabled=False, weighted_enabled=False, objective="aasm"), "aasm_bcr": dict(weighted_enabled=False, bcr_enabled=True),
-        "aasm_bcr_ie": dict(weighted_enabled=True, bcr_enabled=True, bcr_detach=False, objective="aasm"),
+ARMS = {"aasm": dict(bcr_enabled=False, ie_enabled=False, objective="aasm"), "aasm_bcr": dict(ie_enabled=False, bcr_enabled=True),
+        "aasm_bcr_ie": dict(ie_enabled=True, bcr_enabled=True, bcr_detach=False, objective="aasm"),
         "release": dict(bcr_detach=True, bcr_enabled=True), "infonce": dict(objective="infonce")}
 
 
@@ -78,10 +78,10 @@ def embeddings(size=6, seed=0):
 def test_infonce_is_symmetric_cross_entropy_over_cosines_on_the_three_pairs():
     cfg = load_config(os.path.join(ABLATION, "synthetic_infonce.yaml")).training
     face, face_aux, voice, voice_aux = rows = embeddings()
-    out = total_loss(*rows, torch.full((6,), 7.0), cfg.regauge_iter, cfg)
+    out = create_loss(cfg, 1).terms_of(*rows, torch.full((6,), 7.0), cfg.bcr_start_iter)
 
     def symmetric(x, y):
-        logits = F.normalize(y, dim=-1) @ F.normalize(x, dim=-1).T / cfg.infonce_temp
+        logits = F.normalize(y, dim=-1) @ F.normalize(x, dim=-1).T / cfg.infonce_temperature
         target = torch.arange(6)
         return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
 
@@ -102,11 +102,11 @@ def test_aasm_alone_is_the_aasm_sum_at_every_iteration():
     alone = load_config(os.path.join(ABLATION, "synthetic_aasm.yaml")).training
     rows = embeddings()
     weights = torch.full((6,), 3.0)
-    before = total_loss(*rows, weights, full.regauge_iter - 1, full)
-    after = total_loss(*rows, weights, full.regauge_iter, alone)
+    before = create_loss(full, 1).terms_of(*rows, weights, full.bcr_start_iter - 1)
+    after = create_loss(alone, 1).terms_of(*rows, weights, full.bcr_start_iter)
     aasm_sum = sum(before.terms[f"aasm_{p}"] for p in ("cross", "face", "voice"))
     assert after.loss.item() == pytest.approx(before.loss.item()) == pytest.approx(aasm_sum.item(), rel=1e-6)
-    assert total_loss(*rows, weights, full.regauge_iter, full).loss.item() > after.loss.item()
+    assert create_loss(full, 1).terms_of(*rows, weights, full.bcr_start_iter).loss.item() > after.loss.item()
 
 
 @pytest.mark.slow  # two tiny trainings and their resumption in subprocesses

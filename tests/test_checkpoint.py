@@ -9,7 +9,7 @@ import torch
 from easydict import EasyDict
 
 from helpers import DATA, ROOT
-from losses import InstanceEquilibrium
+from losses import ArchetypeAgnosticLoss
 from models import build_model
 from models.layouts import load_checkpoint, load_pretrained_face, load_pretrained_voice
 from utils.checkpoint import CheckpointError, latest_checkpoint, prune_checkpoints, save_checkpoint
@@ -68,7 +68,7 @@ def write_released(path, state_dict):
 
 def test_released_checkpoint_reproduces_the_released_encoders(tmp_path, released_state, released_model, caplog):
     path = write_released(tmp_path / "released.pth.tar", released_state)
-    equilibrium = InstanceEquilibrium(924)
+    equilibrium = ArchetypeAgnosticLoss(924)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         checkpoint = load_checkpoint(released_model, path, equilibrium)
     assert checkpoint["start_it"] == 0
@@ -104,7 +104,7 @@ def test_released_equilibrium_is_restored_and_nan_weights_reset(tmp_path, releas
     weights[:10] = float("nan")  # what the release's 0/0 refresh leaves
     state = dict(released_state, **{"eqm.corr_num": torch.arange(924.0), "eqm.weight": weights})
     path = write_released(tmp_path / "released.pth.tar", state)
-    equilibrium = InstanceEquilibrium(924)
+    equilibrium = ArchetypeAgnosticLoss(924)
     with caplog.at_level(logging.INFO, logger=LOGGER):
         load_checkpoint(released_model, path, equilibrium)
     assert torch.equal(equilibrium.correct_counts, torch.arange(924.0))
@@ -112,7 +112,7 @@ def test_released_equilibrium_is_restored_and_nan_weights_reset(tmp_path, releas
     assert torch.equal(equilibrium.identity_weights[10:], weights[10:])
     assert "non-finite" in caplog.text
     with pytest.raises(ValueError, match="924 training identities"):
-        load_checkpoint(released_model, path, InstanceEquilibrium(200))
+        load_checkpoint(released_model, path, ArchetypeAgnosticLoss(200))
 
 
 def small_model(seed=0, se=False):
@@ -130,11 +130,11 @@ def own_checkpoint(model, equilibrium, iteration=5):
 
 
 def test_own_checkpoint_round_trip(tmp_path):
-    model, equilibrium = small_model(0), InstanceEquilibrium(7)
+    model, equilibrium = small_model(0), ArchetypeAgnosticLoss(7)
     equilibrium.accumulate(torch.tensor([1, 3]), torch.tensor([2.0, 5.0]), 6)
     path = str(tmp_path / "checkpoint_5.pth.tar")
     save_checkpoint(own_checkpoint(model, equilibrium), path)
-    restored, restored_equilibrium = small_model(1), InstanceEquilibrium(7)
+    restored, restored_equilibrium = small_model(1), ArchetypeAgnosticLoss(7)
     checkpoint = load_checkpoint(restored, path, restored_equilibrium)
     assert checkpoint["iteration"] == 5 and checkpoint["best_val"] == 0.5
     expected = np.random.random(3)
@@ -148,12 +148,12 @@ def test_own_checkpoint_round_trip(tmp_path):
 
 def test_own_checkpoint_missing_or_extra_keys_are_errors(tmp_path):
     model = small_model()
-    state = own_checkpoint(model, InstanceEquilibrium(3))
+    state = own_checkpoint(model, ArchetypeAgnosticLoss(3))
     del state["model"]["voice_encoder.pooling.context"]
     save_checkpoint(state, str(tmp_path / "a.pth.tar"))
     with pytest.raises(KeyError, match=r"a\.pth\.tar.*voice_encoder\.pooling\.context"):
         load_checkpoint(model, str(tmp_path / "a.pth.tar"))
-    state = own_checkpoint(model, InstanceEquilibrium(3))
+    state = own_checkpoint(model, ArchetypeAgnosticLoss(3))
     state["model"]["face_encoder.extra"] = torch.zeros(1)
     save_checkpoint(state, str(tmp_path / "b.pth.tar"))
     with pytest.raises(KeyError, match="face_encoder.extra"):

@@ -1,8 +1,11 @@
+import logging
+
 import pytest
 import yaml
 
-from utils.config import ConfigError, load_config
-from helpers import save_config
+from utils.config import ConfigError, config_to_dict, load_config
+from utils.errors import CheckpointError
+from helpers import SYNTHETIC, save_config
 
 
 def write(tmp_path, tree):
@@ -15,8 +18,8 @@ def test_released_config_has_the_papers_hyper_parameters():
     cfg = load_config("config/cfg.yaml")
     t = cfg.training
     assert (t.batch_size, t.lr, t.momentum, t.weight_decay) == (20, 0.01, 0.9, 0.0001)
-    assert (t.lr_steps, t.max_iter, t.warm_up, t.weight_update_iter) == ([6888, 9888], 27000, 6440, 920)
-    assert (t.regauge_iter, t.temp, t.m_u, t.m_l, t.H) == (6888, 0.5, 0.15, 0.2, True)
+    assert (t.lr_steps, t.max_iter, t.ie_start_iter, t.ie_refresh_iter) == ([6888, 9888], 27000, 6440, 920)
+    assert (t.bcr_start_iter, t.temperature, t.bcr_anchor_margin, t.bcr_margin, t.bcr_hinge) == (6888, 0.5, 0.15, 0.2, True)
     assert cfg.models.face.units == [3, 8, 36, 3] and cfg.models.voice.layers == [3, 4, 6, 3]
 
 
@@ -33,9 +36,9 @@ def test_misspelt_key_names_the_closest_valid_key(tmp_path):
 
 
 def test_opts_override_with_type_checking():
-    cfg = load_config("config/cfg.yaml", ["training.lr=0.02", "training.lr_steps=[10, 20]", "training.H=false",
+    cfg = load_config("config/cfg.yaml", ["training.lr=0.02", "training.lr_steps=[10, 20]", "training.bcr_hinge=false",
                                           "testing.checkpoint=/tmp/x.pth.tar", "training.weight_decay=0"])
-    assert cfg.training.lr == 0.02 and cfg.training.lr_steps == [10, 20] and cfg.training.H is False
+    assert cfg.training.lr == 0.02 and cfg.training.lr_steps == [10, 20] and cfg.training.bcr_hinge is False
     assert cfg.testing.checkpoint == "/tmp/x.pth.tar"
     assert isinstance(cfg.training.weight_decay, float)
     with pytest.raises(ConfigError, match="training.batch_size.*expects int"):
@@ -103,3 +106,30 @@ def test_invalid_values_are_config_errors_naming_the_key(opt, message):
 def test_invalid_value_in_a_file_names_the_file(tmp_path):
     with pytest.raises(ConfigError, match=r"cfg\.yaml: config key 'training.batch_size' must be at least 2"):
         load_config(write(tmp_path, {"training": {"batch_size": 1}}))
+
+
+def test_a_former_key_name_loads_with_a_warning_naming_the_new_key(tmp_path, caplog):
+    old = tmp_path / "old.yaml"
+    old.write_text("training:\n  regauge_iter: 12\n  H: false\n")
+    with caplog.at_level(logging.WARNING):
+        cfg = load_config(str(old), ["training.weighted_enabled=false"])
+    assert (cfg.training.bcr_start_iter, cfg.training.bcr_hinge, cfg.training.ie_enabled) == (12, False, False)
+    assert "'training.regauge_iter' is now 'training.bcr_start_iter'" in caplog.text
+    assert "--opts: config key 'training.weighted_enabled' is now 'training.ie_enabled'" in caplog.text
+    assert "regauge_iter" not in cfg.training
+    both = tmp_path / "both.yaml"
+    both.write_text("training:\n  temp: 0.4\n  temperature: 0.4\n")
+    with pytest.raises(ConfigError, match="'training.temp' and 'training.temperature' are the same key"):
+        load_config(str(both))
+
+
+def test_a_checkpoints_config_with_former_key_names_resumes(tmp_path):
+    from utils.train_state import check_resume_config
+
+    cfg = load_config(SYNTHETIC)
+    saved = config_to_dict(cfg)
+    saved["training"] = {("regauge_iter" if k == "bcr_start_iter" else k): v for k, v in saved["training"].items()}
+    assert check_resume_config(saved, cfg, set(), "old.pth.tar") == []
+    saved["training"]["regauge_iter"] += 1
+    with pytest.raises(CheckpointError, match="training.bcr_start_iter"):
+        check_resume_config(saved, cfg, set(), "old.pth.tar")

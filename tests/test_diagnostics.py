@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from losses import create_loss
 from losses.diagnostics import TrainingDiagnostics, loss_diagnostics, screening, weight_summary
-from losses.total import total_loss
 from utils.config import DEFAULTS
 from easydict import EasyDict
 
@@ -23,14 +23,14 @@ def batch(size=7, dim=5, seed=0):
 
 @pytest.mark.parametrize("weighted", [True, False])
 def test_loss_and_gradient_shares_match_the_total_loss(weighted):
-    cfg = cfg_training(weighted_enabled=weighted)
+    cfg = cfg_training(ie_enabled=weighted)
     embeddings = batch()
     weights = torch.rand(7, generator=torch.Generator().manual_seed(1)) * 3
     out = loss_diagnostics(*embeddings, weights, cfg)
 
     def loss_and_grads(**changes):
         leaves = [e.clone().requires_grad_() for e in embeddings]
-        loss = total_loss(*leaves, weights, cfg.regauge_iter, EasyDict({**cfg, **changes})).loss
+        loss = create_loss(EasyDict({**cfg, **changes}), 1).terms_of(*leaves, weights, cfg.bcr_start_iter).loss
         return loss.detach(), torch.autograd.grad(loss, leaves)
 
     full, full_grads = loss_and_grads()
@@ -57,11 +57,11 @@ def test_screening_fractions_by_element():
         for anchors_of, candidates_of in ((embeddings[y], embeddings[x]), (embeddings[x], embeddings[y])):
             for i in range(6):
                 positive = float(F.cosine_similarity(anchors_of[i], candidates_of[i], dim=0))
-                above += positive > cfg.m_u
+                above += positive > cfg.bcr_anchor_margin
                 anchors += 1
                 for j in range(6):
                     if j != i:
-                        loose += float(F.cosine_similarity(anchors_of[i], candidates_of[j], dim=0)) - positive + cfg.m_l > 0
+                        loose += float(F.cosine_similarity(anchors_of[i], candidates_of[j], dim=0)) - positive + cfg.bcr_margin > 0
                         pairs += 1
         assert float(out[f"anchors_above_m_u/{name}"]) == pytest.approx(above / anchors)
         assert float(out[f"loose_pairs/{name}"]) == pytest.approx(loose / pairs)
@@ -81,7 +81,7 @@ class Recorder:
 
 
 def test_training_diagnostics_capture_the_forward_and_summarise_both_phases():
-    cfg = cfg_training(regauge_iter=10)
+    cfg = cfg_training(bcr_start_iter=10)
     encoder = torch.nn.Linear(5, 5)
 
     class Four(torch.nn.Module):
@@ -89,10 +89,9 @@ def test_training_diagnostics_capture_the_forward_and_summarise_both_phases():
             return encoder(a), encoder(b), encoder(c), encoder(d)
 
     module, writer = Four(), Recorder()
-    diagnostics = TrainingDiagnostics(module, cfg, writer)
+    diagnostics = TrainingDiagnostics(cfg, writer)
     for iteration in (5, 10, 15):
-        module(*batch(seed=iteration))
-        diagnostics.record(iteration, torch.ones(7))
+        diagnostics.record(iteration, module(*batch(seed=iteration)), torch.ones(7))
     diagnostics.record_weights(15, torch.tensor([0.2, 1.0, 3.0]))
     names = {name for name, _, _ in writer.scalars}
     assert {"diagnostics/bcr_share/loss", "diagnostics/loose_pairs/cross", "diagnostics/ie_weights/max"} <= names

@@ -5,17 +5,17 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
-from losses import InstanceEquilibrium
+from losses import create_loss
 from models import build_model
-from train import forward_loss, loss_and_update_equilibrium, wrap_encoders
+from train import embed, global_batch, wrap_encoders
 from utils import distributed
 from utils.config import load_config
 
 WORLD = 2
-ITERATION = 12  # past regauge_iter and a refresh iteration: BCR, IE weights and counters all take part
+ITERATION = 12  # past bcr_start_iter and a refresh iteration: BCR, IE weights and counters all take part
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
         "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]",
-        "training.regauge_iter=10", "training.warm_up=4", "training.weight_update_iter=4"]
+        "training.bcr_start_iter=10", "training.ie_start_iter=4", "training.ie_refresh_iter=4"]
 
 
 def make_batch(batch_size=8, identities=20):
@@ -32,10 +32,10 @@ def run(batch, cfg, ctx, training=True):
     # In training mode, batch norm normalises over the global batch (GlobalBatchNorm on the CPU).
     model = build_model(cfg.models).train(training)
     encoders = wrap_encoders(model, ctx, torch.device("cpu"))
-    equilibrium = InstanceEquilibrium(20)
+    equilibrium = create_loss(cfg.training, 20)
     # counts from earlier iterations, so the refresh at ITERATION has something to weigh
     equilibrium.accumulate(torch.arange(20), torch.arange(20) % 7, 7)
-    loss, terms, _ = forward_loss(encoders, batch, equilibrium, ITERATION, cfg, ctx, torch.device("cpu"))
+    loss, terms, _ = equilibrium(*global_batch(*embed(encoders, batch, cfg, torch.device("cpu")), ctx), ITERATION)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     return {"loss": loss.detach(), "terms": terms, "grads": grads, "equilibrium": equilibrium.state_dict(),
@@ -88,9 +88,9 @@ def test_mixed_precision_forward_keeps_the_loss_in_float32():
     for dtype in (None, torch.bfloat16):
         torch.manual_seed(0)
         encoders = wrap_encoders(build_model(cfg.models).eval(), ctx, cpu)
-        equilibrium = InstanceEquilibrium(20)
-        losses[dtype], terms, _ = forward_loss(encoders, batch, equilibrium, ITERATION, cfg, ctx, cpu, torch.bfloat16
-                                            if dtype else None)
+        equilibrium = create_loss(cfg.training, 20)
+        losses[dtype], terms, _ = equilibrium(*global_batch(*embed(encoders, batch, cfg, cpu, torch.bfloat16
+                                                                   if dtype else None), ctx), ITERATION)
         assert losses[dtype].dtype == torch.float32 and all(t.dtype != torch.bfloat16 for t in terms.values())
         losses[dtype].backward()
         assert all(torch.isfinite(p.grad).all() for p in encoders.parameters() if p.grad is not None)
@@ -105,7 +105,7 @@ def train_steps(cfg, ctx, share=slice(None)):
     torch.manual_seed(0)
     model = build_model(cfg.models).double().train()
     encoders = wrap_encoders(model, ctx, torch.device("cpu"))
-    equilibrium = InstanceEquilibrium(20)
+    equilibrium = create_loss(cfg.training, 20)
     equilibrium.accumulate(torch.arange(20), torch.arange(20) % 7, 7)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     for step in range(STEPS):
@@ -113,8 +113,7 @@ def train_steps(cfg, ctx, share=slice(None)):
         faces, voice, voice_aux, labels = (x[share] for x in make_batch())
         embeddings = encoders(faces[:, 0].double(), faces[:, 1].double(), voice.double(), voice_aux.double())
         embeddings = tuple(distributed.gather_with_grad(e, ctx) for e in embeddings)
-        loss, _, _ = loss_and_update_equilibrium(embeddings, distributed.gather(labels, ctx), equilibrium,
-                                                 FIRST + step, cfg.training)
+        loss, _, _ = equilibrium(*embeddings, distributed.gather(labels, ctx), FIRST + step)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

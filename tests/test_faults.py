@@ -169,7 +169,7 @@ def test_resume_auto_skips_bad_checkpoints_and_corrupt_files_are_one_line_errors
 
     rejected = run / "checkpoint_10.pth.tar.rejected"
     one_line_error(train(path, "--resume", str(rejected)), str(rejected))
-    from train import resolve_resume
+    from utils.train_state import resolve_resume
     from utils.errors import CheckpointError
 
     for bad in ("checkpoint_8.pth.tar.rejected", "checkpoint_12.pth.tar.rejected"):  # empty, truncated: in-process

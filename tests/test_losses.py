@@ -7,14 +7,13 @@ from easydict import EasyDict
 from torch.utils._python_dispatch import TorchDispatchMode
 from scipy.stats import norm
 
-import losses.pairs as pairs_module
-import losses.total as total_module
+import losses.archetype_agnostic as archetype_agnostic
 from helpers import DATA, ROOT
-from losses import (InstanceEquilibrium, bidirectional_terms, nonzero_mean, pair_terms, pairwise_terms,
-                    should_refresh, total_loss)
+from losses import InstanceEquilibrium, create_loss, fused
 from losses import reference
+from losses.fused import bidirectional_terms, pair_terms, pairwise_terms
+from losses.reference import nonzero_mean
 from utils.config import load_config
-from train import loss_and_update_equilibrium
 
 CASES = torch.load(os.path.join(DATA, "loss_cases.pt"), weights_only=True)
 # Reference key 'term[A->C]': anchors A, candidates C.
@@ -35,7 +34,7 @@ def options(case):
 
 def training_cfg(case, **changes):
     cfg = EasyDict(RELEASED_TRAINING)
-    cfg.update(temp=case["temp"], m_u=case["m_u"], m_l=case["m_l"], H=case["hinge"])
+    cfg.update(temperature=case["temp"], bcr_anchor_margin=case["m_u"], bcr_margin=case["m_l"], bcr_hinge=case["hinge"])
     cfg.update(changes)
     return cfg
 
@@ -135,15 +134,15 @@ def test_total_loss_follows_the_regauge_schedule(index):
 
     equilibrium = InstanceEquilibrium(size)
     equilibrium.identity_weights.copy_(weights)
-    before, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter - 1, cfg)
+    before, terms, _ = create_loss(cfg, 1).terms_of(*case_inputs(case), equilibrium.weights_of(labels), cfg.bcr_start_iter - 1)
     assert_relative(before, aasm)
-    after, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter, cfg)
+    after, terms, _ = create_loss(cfg, 1).terms_of(*case_inputs(case), equilibrium.weights_of(labels), cfg.bcr_start_iter)
     assert_relative(after, aasm + 10.0 * regauge)
     assert_relative(terms["regauge"], regauge)
     assert terms["regauge"] > 0
 
-    unweighted = training_cfg(case, weighted_enabled=False)
-    plain, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter, unweighted)
+    unweighted = training_cfg(case, ie_enabled=False)
+    plain, terms, _ = create_loss(unweighted, 1).terms_of(*case_inputs(case), equilibrium.weights_of(labels), cfg.bcr_start_iter)
     assert_relative(plain, aasm + 10.0 * sum(bcr.mean() for _, bcr, _ in pairs))
 
 
@@ -153,7 +152,7 @@ def test_total_loss_uses_each_rows_own_weight():
     labels = torch.arange(20).flip(0) + 5
     equilibrium = InstanceEquilibrium(30)
     equilibrium.identity_weights.copy_(torch.rand(30, generator=torch.Generator().manual_seed(1)) + 0.5)
-    _, terms, _ = total_loss(*case_inputs(case), equilibrium.weights_of(labels), cfg.regauge_iter, cfg)
+    _, terms, _ = create_loss(cfg, 1).terms_of(*case_inputs(case), equilibrium.weights_of(labels), cfg.bcr_start_iter)
     weights = equilibrium.identity_weights[labels]
     expected = sum(nonzero_mean(bcr * weights) for _, bcr, _ in per_pair_terms(case))
     assert_relative(terms["regauge"], expected)
@@ -162,8 +161,8 @@ def test_total_loss_uses_each_rows_own_weight():
 def gradients(case, **changes):
     inputs = case_inputs(case, requires_grad=True)
     cfg = training_cfg(case, **changes)
-    iteration = changes.get("iteration", cfg.regauge_iter)
-    loss, _, _ = total_loss(*inputs, torch.ones(case["face"].shape[0]), iteration, cfg)
+    iteration = changes.get("iteration", cfg.bcr_start_iter)
+    loss, _, _ = create_loss(cfg, 1).terms_of(*inputs, torch.ones(case["face"].shape[0]), iteration)
     loss.backward()
     return [x.grad for x in inputs]
 
@@ -183,18 +182,18 @@ def test_gradients_are_finite_and_reach_every_input_through_bcr(hinge):
 def loss_and_gradients(case, loss_impl, iteration, **changes):
     inputs = case_inputs(case, requires_grad=True)
     weights = torch.linspace(0.5, 1.5, case["face"].shape[0])
-    loss, terms, correct = total_loss(*inputs, weights, iteration, training_cfg(case, loss_impl=loss_impl, **changes))
+    loss, terms, correct = create_loss(training_cfg(case, loss_impl=loss_impl, **changes), 1).terms_of(*inputs, weights, iteration)
     loss.backward()
     return loss, terms, correct, [x.grad for x in inputs]
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))
-@pytest.mark.parametrize("changes", [{}, {"weighted_enabled": False}, {"bcr_detach": True}, {"iteration": 0}],
+@pytest.mark.parametrize("changes", [{}, {"ie_enabled": False}, {"bcr_detach": True}, {"iteration": 0}],
                          ids=["weighted", "unweighted", "detached", "before-regauge"])
 def test_fused_loss_matches_the_reference(index, changes):
     case = CASES[index]
     changes = dict(changes)
-    iteration = changes.pop("iteration", RELEASED_TRAINING.regauge_iter)
+    iteration = changes.pop("iteration", RELEASED_TRAINING.bcr_start_iter)
     fused = loss_and_gradients(case, "fused", iteration, **changes)
     plain = loss_and_gradients(case, "reference", iteration, **changes)
     assert_relative(fused[0], plain[0])
@@ -216,12 +215,12 @@ def test_auto_takes_the_fused_terms_from_the_measured_batch_size(monkeypatch):
             return terms_of(*args, **kwargs)
         return call
 
-    for name, terms_of in total_module.ROW_TERMS.items():
-        monkeypatch.setitem(total_module.ROW_TERMS, name, recorded(name, terms_of))
-    threshold = total_module.FUSED_FROM_BATCH
+    for name, terms_of in archetype_agnostic.ROW_TERMS.items():
+        monkeypatch.setitem(archetype_agnostic.ROW_TERMS, name, recorded(name, terms_of))
+    threshold = archetype_agnostic.FUSED_FROM_BATCH
     for size in (threshold - 1, threshold):
         inputs = random_embeddings(size).float().unbind(0)
-        total_loss(*inputs, torch.ones(size), 0, training_cfg(CASES[0], loss_impl="auto"))
+        create_loss(training_cfg(CASES[0], loss_impl="auto"), 1).terms_of(*inputs, torch.ones(size), 0)
     assert calls == ["reference", "fused"]
 
 
@@ -276,7 +275,7 @@ def test_both_direction_layouts_agree(monkeypatch):
     opts = dict(cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True)
     results = []
     for threshold in (0, 1000):  # views of S and Sᵀ, then one batched call on [S; Sᵀ]
-        monkeypatch.setattr(pairs_module, "BATCH_DIRECTIONS_UP_TO", threshold)
+        monkeypatch.setattr(fused, "BATCH_DIRECTIONS_UP_TO", threshold)
         aasm, bcr, correct = pairwise_terms(embeddings, PAIRS, **opts)
         terms = torch.cat([aasm, bcr])
         results.append((terms, torch.autograd.grad(terms.sum(), embeddings)[0], correct))
@@ -307,11 +306,10 @@ def test_total_loss_has_no_synchronising_operations(bcr_detach, loss_impl):
     # The CPU stand-in for the CUDA check below: no operation in the loss, its gradient or an IE
     # refresh reads a value back to the host or sizes a tensor by its contents.
     case = CASES[0]
-    cfg = training_cfg(case, warm_up=1, weight_update_iter=1, bcr_detach=bcr_detach, loss_impl=loss_impl)
+    cfg = training_cfg(case, ie_start_iter=1, ie_refresh_iter=1, bcr_detach=bcr_detach, loss_impl=loss_impl)
     inputs = case_inputs(case, requires_grad=True)
     with SynchronisationRecorder() as recorder:
-        loss, terms, _ = loss_and_update_equilibrium(inputs, torch.arange(20), InstanceEquilibrium(20),
-                                                     cfg.regauge_iter, cfg)
+        loss, terms, _ = create_loss(cfg, 20)(*inputs, torch.arange(20), cfg.bcr_start_iter)
         loss.backward()
     assert recorder.calls == []
     with SynchronisationRecorder() as recorder:
@@ -323,9 +321,9 @@ def test_total_loss_is_float32_for_half_precision_inputs():
     case = CASES[0]
     inputs = [x.to(torch.bfloat16) for x in case_inputs(case)]
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        loss, terms, _ = total_loss(*inputs, torch.ones(20, dtype=torch.bfloat16), 7000, training_cfg(case))
+        loss, terms, _ = create_loss(training_cfg(case), 1).terms_of(*inputs, torch.ones(20, dtype=torch.bfloat16), 7000)
     assert loss.dtype == torch.float32 and all(t.dtype == torch.float32 for t in terms.values())
-    reference, _, _ = total_loss(*[x.float() for x in inputs], torch.ones(20), 7000, training_cfg(case))
+    reference, _, _ = create_loss(training_cfg(case), 1).terms_of(*[x.float() for x in inputs], torch.ones(20), 7000)
     torch.testing.assert_close(loss, reference)
 
 
@@ -333,9 +331,9 @@ def test_trainer_accumulates_cross_pair_counts():
     case = CASES[0]
     cfg = training_cfg(case)
     labels = torch.arange(20) * 2
-    equilibrium = InstanceEquilibrium(40)
+    equilibrium = create_loss(cfg, 40)
     for _ in range(2):
-        loss_and_update_equilibrium(case_inputs(case), labels, equilibrium, 1, cfg)
+        equilibrium(*case_inputs(case), labels, 1)
     expected = torch.zeros(40)
     expected[labels] = 2 * case["correct[voice->face]"].float()
     assert torch.equal(equilibrium.correct_counts, expected)
@@ -344,22 +342,22 @@ def test_trainer_accumulates_cross_pair_counts():
 
 
 def test_refresh_schedule():
-    cfg = RELEASED_TRAINING  # warm_up 6440, weight_update_iter 920
-    assert [t for t in range(1, 9000) if should_refresh(t, cfg)] == [6440, 7360, 8280]
+    cfg = RELEASED_TRAINING  # ie_start_iter 6440, ie_refresh_iter 920
+    assert [t for t in range(1, 9000) if create_loss(cfg, 1).refresh_due(t)] == [6440, 7360, 8280]
 
 
 def test_trainer_refreshes_before_using_the_weights():
     case = CASES[0]
-    cfg = training_cfg(case, warm_up=4, weight_update_iter=2)
+    cfg = training_cfg(case, ie_start_iter=4, ie_refresh_iter=2)
     labels = torch.arange(20)
-    equilibrium = InstanceEquilibrium(20)
+    equilibrium = create_loss(cfg, 20)
     for iteration in (1, 2, 3):
-        assert not loss_and_update_equilibrium(case_inputs(case), labels, equilibrium, iteration, cfg)[2]
+        assert not equilibrium(*case_inputs(case), labels, iteration)[2]
     assert torch.equal(equilibrium.identity_weights, torch.ones(20))
     ratio = (3 * case["correct[voice->face]"].double()) / (3 * 19)
     std = ratio.std()
     expected = torch.from_numpy(norm.pdf(ratio.numpy(), (ratio.mean() - std).item(), std.item())).float()
-    assert loss_and_update_equilibrium(case_inputs(case), labels, equilibrium, 4, cfg)[2]
+    assert equilibrium(*case_inputs(case), labels, 4)[2]
     torch.testing.assert_close(equilibrium.identity_weights, expected)
     # The counters restarted at the refresh and hold iteration 4's counts only.
     assert torch.equal(equilibrium.comparison_counts, torch.full((20,), 19.0))
@@ -411,7 +409,7 @@ def first_loss(seed):
     waves = torch.randn(4, 16000) * 3000
     face, face_aux = model.encode_face(images).split(2)
     voice, voice_aux = model.encode_voice(waves).split(2)
-    loss, _, _ = total_loss(face, face_aux, voice, voice_aux, torch.ones(2), cfg.training.regauge_iter, cfg.training)
+    loss, _, _ = create_loss(cfg.training, 1).terms_of(face, face_aux, voice, voice_aux, torch.ones(2), cfg.training.bcr_start_iter)
     return loss
 
 
@@ -424,14 +422,14 @@ def test_same_seed_gives_the_same_first_loss():
 @pytest.mark.parametrize("loss_impl", ["fused", "reference"])
 def test_total_loss_never_synchronises_on_cuda(loss_impl):
     case = CASES[0]
-    cfg = training_cfg(case, warm_up=1, weight_update_iter=1, loss_impl=loss_impl)
+    cfg = training_cfg(case, ie_start_iter=1, ie_refresh_iter=1, loss_impl=loss_impl)
     inputs = [x.cuda().requires_grad_() for x in case_inputs(case)]
-    equilibrium = InstanceEquilibrium(20).cuda()
+    equilibrium = create_loss(cfg, 20).cuda()
     labels = torch.arange(20, device="cuda")
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        loss, _, _ = loss_and_update_equilibrium(inputs, labels, equilibrium, cfg.regauge_iter, cfg)  # refresh included
+        loss, _, _ = equilibrium(*inputs, labels, cfg.bcr_start_iter)  # refresh included
         loss.backward()
     finally:
         torch.cuda.set_sync_debug_mode(0)

@@ -12,10 +12,11 @@ import torch
 from data.provenance import SYNTHETIC_CORPUS, training_data
 from helpers import ROOT, SYNTHETIC, load_test_script, tiny_config, tiny_opts
 from evaluation.matcher import VoiceFaceMatcher
-from losses import InstanceEquilibrium
+from losses import ArchetypeAgnosticLoss
 from models import build_model
 from models.settings import explicit_settings, reconciled
 from utils.errors import CheckpointError
+from train import provenance
 from utils.train_state import TrainState
 
 script = load_test_script()
@@ -29,7 +30,8 @@ def narrow(tiny_cfg, tiny_root, tmp_path_factory):
     torch.manual_seed(0)
     model = build_model(cfg.models, cfg.dataset.sample_rate)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    state = TrainState(model, InstanceEquilibrium(5), optimizer, torch.amp.GradScaler("cuda", enabled=False))
+    state = TrainState(model, ArchetypeAgnosticLoss(5), optimizer, torch.amp.GradScaler("cuda", enabled=False),
+                       provenance=provenance(cfg))
     path = str(tmp_path_factory.mktemp("narrow") / "checkpoint_best.pth.tar")
     state.save(path, rng=[], cfg=cfg)
     d = tiny_cfg.dataset

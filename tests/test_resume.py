@@ -13,8 +13,8 @@ MAX_ITER = 24
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
         "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]", "dataset.image_size=32",
         "training.crop_seconds=[0.5,1.0]", "training.save_iter=4", "training.keep_last=0",
-        "training.val_start=6", "training.val_iter=6", "training.regauge_iter=5", "training.warm_up=4",
-        "training.weight_update_iter=4", "training.lr_steps=[10,20]", f"training.max_iter={MAX_ITER}",
+        "training.val_start=6", "training.val_iter=6", "training.bcr_start_iter=5", "training.ie_start_iter=4",
+        "training.ie_refresh_iter=4", "training.lr_steps=[10,20]", f"training.max_iter={MAX_ITER}",
         "training.deterministic=true", "training.log_iter=4"]
 
 

@@ -214,7 +214,7 @@ def test_a_malicious_pickle_given_to_resume_is_one_line_without_torchs_hint(tiny
     assert "weights_only" not in result.stderr and "pwned" not in result.stdout
 
 
-@pytest.mark.parametrize("opt", ["training.lr=.inf", "training.momentum=.inf", "training.temp=.inf"])
+@pytest.mark.parametrize("opt", ["training.lr=.inf", "training.momentum=.inf", "training.temperature=.inf"])
 def test_non_finite_training_numbers_are_config_errors(tmp_path, opt):
     cfg = os.path.join(ROOT, "config", "synthetic.yaml")
     key = opt.split("=")[0]

@@ -11,8 +11,8 @@ from helpers import ROOT, tiny_config, save_config
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
         "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]", "dataset.image_size=32",
         "training.crop_seconds=[0.5,1.0]", "training.save_iter=4", "training.keep_last=0",
-        "training.val_start=2", "training.val_iter=2", "training.regauge_iter=5", "training.warm_up=4",
-        "training.weight_update_iter=4", "training.lr_steps=[7]", "training.lr=0.05", "training.max_iter=8",
+        "training.val_start=2", "training.val_iter=2", "training.bcr_start_iter=5", "training.ie_start_iter=4",
+        "training.ie_refresh_iter=4", "training.lr_steps=[7]", "training.lr=0.05", "training.max_iter=8",
         "training.deterministic=true", "training.log_iter=4", "training.timeout_minutes=2"]
 LATER = 10  # the resumed run's max_iter
 

@@ -1,9 +1,10 @@
 import pytest
 import torch
 
+from losses import create_loss
 from utils.config import load_config
-from train import FiniteWatch, NonFiniteLoss, learning_rate, plateaued
-from losses import should_refresh
+from train import learning_rate, plateaued
+from utils.run import FiniteWatch, NonFiniteLoss
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def test_learning_rate_drops_tenfold_at_each_step(released):
 
 def test_equilibrium_refreshes_every_interval_after_warm_up(released):
     t = released.training
-    refreshes = [it for it in range(1, 12000) if should_refresh(it, t)]
+    refreshes = [it for it in range(1, 12000) if create_loss(t, 1).refresh_due(it)]
     assert refreshes[0] == 6440  # warm-up 6440 is itself a multiple of 920 (7 × 920)
     assert all(b - a == 920 for a, b in zip(refreshes, refreshes[1:]))
 
@@ -43,7 +44,7 @@ def test_non_finite_loss_names_iteration_and_term():
 
 
 def test_finite_watch_reports_the_first_bad_iteration_only_when_checked():
-    from train import FiniteWatch
+    from utils.run import FiniteWatch
 
     watch = FiniteWatch()
     ok = {"loss": torch.tensor(1.0), "bcr_face": torch.tensor(0.5)}

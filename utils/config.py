@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import math
 import os
 import re
@@ -19,6 +20,8 @@ import yaml
 from easydict import EasyDict
 
 from utils.errors import ConfigError
+
+log = logging.getLogger("config")
 
 # Keys whose default is None take a value of this type (None stays allowed).
 NULLABLE_TYPES: dict[str, type] = {
@@ -87,22 +90,22 @@ DEFAULTS: dict[str, Any] = {
         "lr_steps": [6888, 9888],
         "lr_gamma": 0.1,
         "crop_seconds": [2.5, 5.0],
-        "temp": 0.5,
-        "m_u": 0.15,
-        "m_l": 0.2,
-        "H": True,
-        "regauge_iter": 6888,
-        "regauge_weight": 10.0,
-        "warm_up": 6440,
-        "weight_update_iter": 920,
-        "weighted_enabled": True,
+        "temperature": 0.5,
+        "bcr_anchor_margin": 0.15,  # m_u: BCR screens anchors with π_i above it
+        "bcr_margin": 0.2,  # m_l
+        "bcr_hinge": True,  # true: the hinge variant of BCR's raw score; false: the circle variant
+        "bcr_start_iter": 6888,  # the total loss includes λ·BCR from this iteration on
+        "bcr_weight": 10.0,  # λ
+        "ie_start_iter": 6440,  # IE refreshes its weights from this iteration on ...
+        "ie_refresh_iter": 920,  # ... at every multiple of this
+        "ie_enabled": True,  # false: BCR averaged over all rows, no IE weights
         "bcr_enabled": True,  # false: AaSM alone (no BCR term, so IE has nothing to weight)
         "bcr_detach": False,
         # How the loss is computed, with the same values and gradients: reference (losses/reference.py,
-        # plain autograd), fused (losses/pairs.py, a written-out gradient), auto (fused from batch 64).
+        # plain autograd), fused (losses/fused.py, a written-out gradient), auto (fused from batch 64).
         "loss_impl": "auto",
         "objective": "aasm",  # aasm: the method; infonce: symmetric InfoNCE on the same pairs, no BCR/IE
-        "infonce_temp": 0.1,
+        "infonce_temperature": 0.1,
         "val_start": 6888,
         "val_iter": 6888,
         "save_iter": 6888,
@@ -130,6 +133,21 @@ DEFAULTS: dict[str, Any] = {
         "bootstrap": 1000,
         "ci_seed": 0,
     },
+}
+
+# Former names of config keys: a config, --opts or a checkpoint's saved config that uses one still loads,
+# with a warning that names the new key.
+RENAMED_KEYS: dict[str, str] = {
+    "training.temp": "training.temperature",
+    "training.infonce_temp": "training.infonce_temperature",
+    "training.m_u": "training.bcr_anchor_margin",
+    "training.m_l": "training.bcr_margin",
+    "training.H": "training.bcr_hinge",
+    "training.regauge_iter": "training.bcr_start_iter",
+    "training.regauge_weight": "training.bcr_weight",
+    "training.warm_up": "training.ie_start_iter",
+    "training.weight_update_iter": "training.ie_refresh_iter",
+    "training.weighted_enabled": "training.ie_enabled",
 }
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -204,11 +222,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.lr_gamma": (_above_zero, "above 0"),
     "training.crop_seconds": (lambda v: len(v) == 2 and 0 < v[0] < v[1],
                               "[shortest, longest] in seconds, 0 < shortest < longest"),
-    "training.temp": (_above_zero, "above 0"),
-    "training.regauge_iter": _at_least(0),
-    "training.regauge_weight": _at_least(0),
-    "training.warm_up": _at_least(0),
-    "training.weight_update_iter": _at_least(1),
+    "training.temperature": (_above_zero, "above 0"),
+    "training.bcr_start_iter": _at_least(0),
+    "training.bcr_weight": _at_least(0),
+    "training.ie_start_iter": _at_least(0),
+    "training.ie_refresh_iter": _at_least(1),
     "training.val_start": _at_least(0),
     "training.val_iter": _at_least(1),
     "training.save_iter": _at_least(1),
@@ -293,7 +311,27 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
     return value
 
 
+def renamed(tree: dict, source: str, warn: bool = True) -> dict:
+    """`tree` (a nested config dict) with every key of RENAMED_KEYS under its new name, one warning per old key."""
+    tree = dict(tree)
+    for old, new in RENAMED_KEYS.items():
+        section, old_key = old.split(".")
+        values = tree.get(section)
+        if not isinstance(values, dict) or old_key not in values:
+            continue
+        new_key = new.split(".")[1]
+        if new_key in values:
+            raise ConfigError(f"{source}: config keys '{old}' and '{new}' are the same key (its former and "
+                              f"its new name): give '{new}' only")
+        if warn:
+            log.warning("%s: config key '%s' is now '%s'; the old name still works", source, old, new)
+        tree[section] = {new_key if k == old_key else k: v for k, v in values.items()}
+    return tree
+
+
 def _merge(base: dict, update: dict, defaults: dict, source: str, prefix: str = "") -> None:
+    if not prefix:
+        update = renamed(update, source)
     for k, v in update.items():
         key = prefix + k
         if k not in defaults:
@@ -448,6 +486,15 @@ def require(cfg: EasyDict, *keys: str) -> None:
             value = value[part]
         if value in ("", None):
             raise ConfigError(f"config key '{key}' is not set: give it in the config file or as --opts {key}=...")
+
+
+def setting(tree: dict, key: str):
+    """The value at a dotted key of a nested dict (a config, a checkpoint's record), None where absent."""
+    for part in key.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
 
 
 def config_to_dict(cfg: EasyDict) -> dict:

@@ -13,21 +13,22 @@ import pickle
 import random
 import secrets
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from data.provenance import training_data
-from models.layouts import load_checkpoint
-from models.settings import model_settings, setting
 from utils import distributed
-from utils.checkpoint import OWN_FORMAT, checkpoint_iteration, checkpoint_run, periodic_checkpoints, read_checkpoint, save_checkpoint
-from utils.config import config_to_dict
+from utils.checkpoint import OWN_FORMAT, checkpoint_iteration, checkpoint_run, periodic_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint, set_aside
+from utils.config import config_to_dict, renamed, run_dir, setting
 from utils.errors import CheckpointError, UserError
-from utils.run_folder import read_run_record, write_run_config, write_run_record
+from utils.files import remove_stale_temporaries
+from utils.run import setup_logging
+from utils.run_folder import acquire_lock, read_run_record, release_lock, write_run_config, write_run_record
 
 log = logging.getLogger(__name__)
+train_log = logging.getLogger("train")  # the lines of train.log the run folder's set-up writes
 
 # What torch.load raises on an empty, truncated or random-bytes file, or one holding code.
 UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, KeyError, OSError)
@@ -106,6 +107,8 @@ class TrainState:
     best_val: float = -1.0
     history: list[float] = field(default_factory=list)
     run_id: str | None = None  # the run (or branch) this state belongs to, stored in its checkpoints
+    # What the checkpoint records of its model and data: {"model_settings": ..., "training_data": ...}
+    provenance: dict = field(default_factory=dict)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Parameters and buffers of the model and the equilibrium, by checkpoint name."""
@@ -116,8 +119,7 @@ class TrainState:
         return {"format": OWN_FORMAT, "iteration": self.iteration, "model": self.model.state_dict(),
                 "equilibrium": self.equilibrium.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scaler": self.scaler.state_dict(), "best_val": self.best_val, "val_history": self.history,
-                "rng": rng, "config": config_to_dict(cfg), "model_settings": model_settings(cfg),
-                "training_data": training_data(cfg), "run": self.run_id}
+                "rng": rng, "config": config_to_dict(cfg), **self.provenance, "run": self.run_id}
 
     def save(self, path: str, rng: list[dict], cfg) -> None:
         """Write the checkpoint atomically, unless a parameter or buffer is NaN/inf or the weights diverged."""
@@ -127,10 +129,12 @@ class TrainState:
                                  "(lower training.lr, or resume from an earlier checkpoint)")
         save_checkpoint(self.checkpoint(rng, cfg), path)
 
-    def restore(self, path: str, rank: int, device: torch.device) -> dict:
-        """Load a checkpoint written by train.py into this state; returns the raw checkpoint."""
+    def restore(self, path: str, rank: int, device: torch.device,
+                load_weights: Callable[[nn.Module, str, nn.Module], dict]) -> dict:
+        """Load a checkpoint written by train.py into this state (its weights through `load_weights`,
+        models.layouts.load_checkpoint); returns the raw checkpoint."""
         try:
-            checkpoint = load_checkpoint(self.model, path, self.equilibrium)
+            checkpoint = load_weights(self.model, path, self.equilibrium)
         except FileNotFoundError as e:
             raise CheckpointError(f"--resume: {e}") from None
         except UNREADABLE as e:
@@ -218,8 +222,9 @@ RESUME_KEYS = ("seed", "models.embedding_dim", "models.face.units", "models.face
                "models.face.head_hidden", "models.voice.layers", "models.voice.filters", "models.voice.n_mels",
                "models.voice.head_hidden", "training.batch_size", "training.max_iter", "training.lr",
                "training.lr_steps", "training.lr_gamma", "training.momentum", "training.weight_decay",
-               "training.crop_seconds", "training.regauge_iter", "training.warm_up", "training.weight_update_iter",
-               "training.weighted_enabled", "training.H", "training.temp", "training.m_u", "training.m_l",
+               "training.crop_seconds", "training.bcr_start_iter", "training.ie_start_iter", "training.ie_refresh_iter",
+               "training.ie_enabled", "training.bcr_hinge", "training.temperature", "training.bcr_anchor_margin",
+               "training.bcr_margin",
                *DATA_KEYS)
 # Keys whose change (set with --opts) continues the same run: a longer schedule, the data moved elsewhere.
 # Any other change of RESUME_KEYS starts a branch of its own.
@@ -231,6 +236,7 @@ def check_resume_config(saved: dict | None, cfg, overridden: set[str], path: str
     --opts; returns the keys changed that way."""
     if not saved:
         return []
+    saved = renamed(saved, path, warn=False)  # a checkpoint written before the keys got their names
     current = config_to_dict(cfg)
     changed = [k for k in RESUME_KEYS if setting(saved, k) != setting(current, k)]
     changed_silently = [k for k in changed if not any(o == k or o.startswith(k + ".") for o in overridden)]
@@ -285,3 +291,71 @@ def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, ch
     write_run_config(config_to_dict(cfg), folder)
     write_run_record(folder, run_id, parent)
     return run_id
+
+
+# ---------------------------------------------------------------------------
+# The run folder and its checkpoints (called on every rank: they hold collectives)
+# ---------------------------------------------------------------------------
+def resolve_resume(resume: str | None, folder: str, cfg, overridden: set[str]) -> tuple[str | None, list[str]]:
+    """The checkpoint to continue from ('auto': the newest good one of the run folder's latest run; the files it
+    rejects are moved aside as *.rejected), its config checked; returns (path, keys changed with --opts)."""
+    if resume == "auto":
+        resume, rejected = resumable_and_rejected(folder)
+        for path in rejected:
+            set_aside(path, path + ".rejected")
+        if resume is None:
+            train_log.info("--resume auto: no usable checkpoint in %s, starting fresh", folder)
+            return None, []
+    if not resume:
+        return None, []
+    if not os.path.isfile(resume):
+        raise CheckpointError(f"--resume: checkpoint file not found: {resume}")
+    try:
+        saved = read_checkpoint(resume)
+    except CheckpointError as e:
+        raise CheckpointError(f"{resume}: cannot be resumed: {str(e).removeprefix(f'{resume}: ')}") from None
+    changed = check_resume_config(saved.get("config") if isinstance(saved, dict) else None, cfg, overridden, resume)
+    return resume, changed
+
+
+def open_run_folder(cfg, resume: str | None, overridden: set[str], ctx: distributed.Context) -> tuple:
+    """Rank 0 locks the run folder, cleans it and picks the checkpoint; all ranks learn it.
+
+    Returns (folder, lock, checkpoint path or None, keys changed with --opts)."""
+    folder = run_dir(cfg)
+    lock = distributed.on_main(acquire_lock, ctx, folder)
+    try:
+        setup_logging(folder, ctx.is_main)
+
+        def on_main() -> tuple[str | None, list[str]]:
+            remove_stale_temporaries(folder)
+            return resolve_resume(resume or cfg.training.resume, folder, cfg, overridden)
+
+        return (folder, lock, *distributed.on_main(on_main, ctx))
+    except BaseException:
+        if ctx.is_main:
+            release_lock(lock)
+        raise
+
+
+def save(state: TrainState, path: str, cfg, ctx: distributed.Context, device: torch.device) -> None:
+    """Every rank contributes its RNG state; rank 0 writes (and its failure stops every rank)."""
+    rng = gathered_rng(ctx, device)
+    distributed.on_main(state.save, ctx, path, rng, cfg)
+
+
+def save_periodic(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device) -> str:
+    """checkpoint_<iteration>, then pruning of this run's older ones."""
+    path = os.path.join(folder, f"checkpoint_{state.iteration}.pth.tar")
+    if ctx.is_main:
+        keep_other_runs_file(path, state.run_id)
+    save(state, path, cfg, ctx, device)
+    if ctx.is_main:
+        prune_checkpoints(folder, cfg.training.keep_last, state.run_id, lambda p: why_not_resumable(p) is None)
+    return path
+
+
+def keep_other_runs_file(path: str, run_id: str) -> None:
+    """Another run's (or branch's) checkpoint at `path` is kept apart as <name>.<its run>.pth.tar, never overwritten."""
+    if os.path.isfile(path) and (other := checkpoint_run(path)) != run_id:
+        set_aside(path, f"{path.removesuffix('.pth.tar')}.{other or 'earlier'}.pth.tar")

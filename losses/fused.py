@@ -1,15 +1,158 @@
-"""Per-row terms of pairs of embedding batches, fused: AaSM, BCR and correct-ranking counts in both directions."""
+"""The method's per-row terms, fused: AaSM, BCR and correct-ranking counts of pairs of embedding batches,
+computed on precomputed cosines with a written-out gradient (`losses.reference` is the plain definition).
+
+Rows of a cosine matrix are anchors. A direction whose anchors index the columns of a matrix may be
+passed as its transposed view: the functions here keep the layout of their input, so a transposed view
+is never copied. Masks are float 0/1 matrices that enter by multiplication: on the CPU, boolean-mask
+kernels (masked_fill, where) run many times slower on unpredictable masks.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+import math
+from typing import NamedTuple, Sequence
 
 import torch
 
-from losses.aasm import aasm_gradient, aasm_term, positive_cosines
-from losses.bcr import bcr_gradient, bcr_term
-from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, combine_directions
+from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, REGAUGE_MARGIN, Terms, combine_directions
 
-Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# Shifted exponents are clamped here: a term e^-60 ≈ 1e-26 is far below float32 resolution of a sum
+# that is at least 1, and stays out of the subnormal range, whose arithmetic is slow on x86 CPUs.
+EXP_FLOOR = -60.0
+
+
+def positive_cosines(cosines: torch.Tensor) -> torch.Tensor:
+    """π_i = S_ii as a …×B×1 column to broadcast over rows.
+
+    Copied out of the diagonal: as a broadcast operand, the diagonal of a transposed view makes
+    element-wise kernels several times slower.
+    """
+    return cosines.diagonal(dim1=-2, dim2=-1).contiguous().unsqueeze(-1)
+
+
+class AasmSaved(NamedTuple):
+    """What the gradient needs: p_ij·e^{ℓ_i − m_i} (…×B×B), e^{m_i − ℓ_i}, Σ_j p_ij (…×B)."""
+    exps: torch.Tensor
+    inverse_partition: torch.Tensor
+    mass: torch.Tensor
+
+
+def log_rest(offset: float | Sequence[float], like: torch.Tensor) -> torch.Tensor:
+    """log(c − 1) shaped like the per-row terms (…×B): the part of c not made up by exp(0) for j = i.
+
+    With one c per stacked pair (dimension −2 of `like`) the values are filled in place, so that a
+    CUDA tensor is never built from host memory.
+    """
+    offsets = [offset] if isinstance(offset, (int, float)) else list(offset)
+    rest = torch.full_like(like, math.log(offsets[-1] - 1))
+    for pair, value in enumerate(offsets[:-1]):
+        if value != offsets[-1]:
+            rest.select(-2, pair).fill_(math.log(value - 1))
+    return rest
+
+
+def aasm_term(cosines: torch.Tensor, anchor_norms: torch.Tensor, temp: float,
+              offset: float | Sequence[float]) -> tuple[torch.Tensor, AasmSaved]:
+    """ℓ_i = log(c + Σ_{j≠i} exp((s_ij − s_ii)/τ)), s_ij = ‖p_i‖·S_ij; S …×B×B, ‖p_i‖ …×B → ℓ …×B.
+
+    Written as ℓ_i = log(c − 1 + Σ_j e^{z_ij}) with z_ij = ‖p_i‖(S_ij − S_ii)/τ, whose j = i term is
+    exp(0) = 1; the sum is shifted by m_i = max_j z_ij ≥ 0 so that it cannot overflow.
+    """
+    positives = positive_cosines(cosines)
+    row_max = cosines.amax(dim=-1, keepdim=True)
+    scale = (anchor_norms / temp).unsqueeze(-1)
+    exps = torch.sub(cosines, row_max).mul_(scale).clamp_(min=EXP_FLOOR).exp_()  # e^{z_ij − m_i}
+    shift = ((row_max - positives) * scale).squeeze(-1)  # m_i
+    row_sums = exps.sum(dim=-1)
+    aasm = torch.logaddexp(shift + row_sums.log(), log_rest(offset, row_sums))
+    inverse_partition = torch.exp(shift - aasm)  # p_ij = e^{z_ij}/(c − 1 + Σ_j e^{z_ij}) = exps_ij·this
+    return aasm, AasmSaved(exps, inverse_partition, row_sums * inverse_partition)
+
+
+def aasm_gradient(grad: torch.Tensor, saved: AasmSaved, cosines: torch.Tensor, anchor_norms: torch.Tensor,
+                  temp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂S (…×B×B) and ∂L/∂‖p‖ (…×B) from g = ∂L/∂ℓ:
+
+    ∂S_ij = g_i·‖p_i‖/τ·(p_ij − δ_ij Σ_k p_ik) and ∂‖p_i‖ = g_i/τ·Σ_j p_ij (S_ij − S_ii).
+    """
+    scale = anchor_norms / temp
+    weight = grad * scale
+    grad_cosines = saved.exps * (weight * saved.inverse_partition).unsqueeze(-1)
+    grad_cosines.diagonal(dim1=-2, dim2=-1).sub_(weight * saved.mass)
+    positives = cosines.diagonal(dim1=-2, dim2=-1)
+    weighted_cosines = torch.linalg.vecdot(saved.exps, cosines) * saved.inverse_partition
+    grad_norms = grad / temp * (weighted_cosines - positives * saved.mass)
+    return grad_cosines, grad_norms
+
+
+# BCR (Bilateral Connection Re-gauging): `losses.reference.bcr` on precomputed cosines.
+def raw_scores(cosines: torch.Tensor, positives: torch.Tensor, m_l: float,
+               hinge: bool) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """t_ij (…×B×B) from S_ij and π_i (…×B×1), and the circle variant's constant scales a⁻_ij, a⁺_i (else None)."""
+    if hinge:
+        return cosines - (positives - m_l), None, None
+    scale_positive = torch.relu(1 + m_l - positives)
+    scale_negative = torch.relu(cosines + m_l)
+    return scale_negative * (cosines - m_l) - scale_positive * (positives - (1 - m_l)), scale_negative, scale_positive
+
+
+def greater(values: torch.Tensor, threshold: torch.Tensor | float) -> torch.Tensor:
+    """[v > threshold] as a float 0/1 tensor, in the layout of `values` (one pass; a bool result would
+    need a second pass to convert)."""
+    return torch.gt(values, threshold, out=torch.empty_like(values))
+
+
+def loose_mask(raw: torch.Tensor) -> torch.Tensor:
+    """σ_ij = [t_ij > 0] for j ≠ i."""
+    loose = greater(raw, 0.0)
+    loose.diagonal(dim1=-2, dim2=-1).zero_()
+    return loose
+
+
+def bcr_term(cosines: torch.Tensor, candidate_cosines: torch.Tensor, *, m_u: float, m_l: float,
+             hinge: bool) -> torch.Tensor:
+    """b_i (…×B) from S_ij = cos(p_i, q_j) and C_ij = cos(q_i, q_j) (…×B×B).
+
+    t_ij: hinge S_ij − π_i + m_l, or the circle variant a⁻_ij(S_ij − m_l) − a⁺_i(π_i − (1 − m_l)) with
+    constant scales; σ_ij = [t_ij > 0] (j ≠ i); T_ij = σ_ij(t_ij + [C_ij + g − π_i]₊ + [S_ij − C_ij + g]₊);
+    b_i = [π_i > m_u] · Σ_j T_ij / Σ_j σ_ij. T_ij > 0 exactly where σ_ij = 1, so this is the mean of
+    the non-zero entries of row i of T.
+    """
+    positives = positive_cosines(cosines)
+    raw, _, _ = raw_scores(cosines, positives, m_l, hinge)
+    loose = loose_mask(raw)
+    work = (candidate_cosines - (positives - REGAUGE_MARGIN)).relu_()
+    raw.add_(work).add_(torch.sub(cosines, candidate_cosines, out=work).add_(REGAUGE_MARGIN).relu_())
+    return raw.mul_(loose).sum(dim=-1) * (positives.squeeze(-1) > m_u) / loose.sum(dim=-1).clamp(min=1)
+
+
+def bcr_gradient(grad: torch.Tensor, cosines: torch.Tensor, candidate_cosines: torch.Tensor, *, m_u: float,
+                 m_l: float, hinge: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """∂L/∂S and ∂L/∂C (…×B×B) from g = ∂L/∂b, with w_i = g_i·[π_i > m_u]/Σ_j σ_ij:
+
+    ∂S_ij = w_i σ_ij(a⁻_ij + [S_ij − C_ij + g > 0]), ∂C_ij = w_i σ_ij([C_ij + g − π_i > 0] − [S_ij − C_ij + g > 0]),
+    ∂π_i = −w_i Σ_j σ_ij(a⁺_i + [C_ij + g − π_i > 0]); a⁺ = a⁻ = 1 for the hinge variant. σ and the
+    hinge masks are recomputed rather than kept from the forward pass: that keeps four B×B tensors per
+    direction out of memory, and out of the forward pass when BCR is detached.
+    """
+    positives = positive_cosines(cosines)
+    raw, scale_negative, scale_positive = raw_scores(cosines, positives, m_l, hinge)
+    loose = loose_mask(raw)
+    counts = loose.sum(dim=-1, keepdim=True)
+    weights = grad.unsqueeze(-1) * (positives > m_u) / counts.clamp(min=1)
+    candidate_active = greater(candidate_cosines, positives - REGAUGE_MARGIN).mul_(loose)
+    cross_active = torch.gt(torch.sub(cosines, candidate_cosines, out=raw), -REGAUGE_MARGIN, out=raw).mul_(loose)
+    slopes = counts if scale_positive is None else counts * scale_positive
+    grad_positives = -weights * (slopes + candidate_active.sum(dim=-1, keepdim=True))
+    grad_candidates = candidate_active.sub_(cross_active).mul_(weights)
+    if scale_negative is None:
+        grad_cosines = cross_active.add_(loose)
+    else:
+        grad_cosines = cross_active.addcmul_(loose, scale_negative)
+    grad_cosines.mul_(weights).diagonal(dim1=-2, dim2=-1).add_(grad_positives.squeeze(-1))
+    return grad_cosines, grad_candidates
+
+
+# Both directions of several pairs at once.
 Pairs = Sequence[tuple[int, int]]
 
 
