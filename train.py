@@ -61,17 +61,16 @@ from evaluation.extraction import validate
 from losses import InstanceEquilibrium, create_loss
 from losses.diagnostics import TrainingDiagnostics, weight_summary
 from models import build_model
-from models.layouts import load_checkpoint, load_pretrained_face, load_pretrained_voice
+from models.layouts import load_backbones, load_checkpoint
 from models.pair_encoder import PairEncoder
 from models.settings import model_settings
 from utils import distributed
-from utils.config import DEFAULTS, ConfigError, load_config, require
-from utils.errors import CheckpointError, UserError
+from utils.config import ConfigError, load_config, require
+from utils.errors import UserError
 from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
                        seed_everything)
 from utils.run_folder import release_lock
-from utils.train_state import (UNREADABLE, TrainState, begin_run, keep_other_runs_file, open_run_folder, reason,
-                               save, save_periodic)
+from utils.train_state import TrainState, begin_run, keep_other_runs_file, open_run_folder, save, save_periodic
 
 log = logging.getLogger("train")
 
@@ -107,31 +106,6 @@ def prepare_data(cfg, ctx: distributed.Context) -> None:
     require(cfg, "dataset.meta_file", "dataset.audio_data_dir", "dataset.image_data_dir")
     log.info("data not prepared yet: running data.prepare")
     prepare(cfg)
-
-
-def paper_sized(cfg_models) -> bool:
-    paper = DEFAULTS["models"]
-    return all(cfg_models[m][k] == paper[m][k] for m, k in
-               (("face", "units"), ("face", "widths"), ("voice", "layers"), ("voice", "filters")))
-
-
-def load_backbones(model: torch.nn.Module, cfg_models) -> None:
-    """The pretrained backbones the config names; a warning when the paper's encoders start from scratch."""
-    loaders = {"face": load_pretrained_face, "voice": load_pretrained_voice}
-    for name, load in loaders.items():
-        path = cfg_models[name].pretrained
-        if not path:
-            continue
-        try:
-            load(model, path)
-        except FileNotFoundError as e:
-            raise CheckpointError(str(e)) from None
-        except UNREADABLE as e:
-            raise CheckpointError(f"{path} (models.{name}.pretrained): cannot be read: {reason(e)}") from None
-    missing = [f"models.{name}.pretrained" for name in loaders if not cfg_models[name].pretrained]
-    if missing and paper_sized(cfg_models):
-        log.warning("%s null: those backbones start from random weights (the paper starts from pretrained "
-                    "ones, see the README's Pretrained backbones)", " and ".join(missing))
 
 
 def build_state(cfg, identities: int, device: torch.device) -> TrainState:

@@ -26,7 +26,9 @@ from torch import nn
 
 from models.face import InputNormalization
 from utils.checkpoint import OWN_FORMAT, read_checkpoint
+from utils.config import DEFAULTS
 from utils.errors import CheckpointError
+from utils.train_state import UNREADABLE, reason
 
 log = logging.getLogger(__name__)
 
@@ -287,3 +289,28 @@ def load_pretrained_voice(model: nn.Module, path: str) -> None:
     layout += f" in {{'{wrapper}': ...}}" if wrapper else ""
     _load_pretrained(model, path, state_dict, PRETRAINED_VOICE if speaker_net else PLAIN_VOICE, VOICE_LAYOUTS,
                      _with_prefix_note(layout, stripped), "voice_encoder")
+
+
+def paper_sized(cfg_models) -> bool:
+    paper = DEFAULTS["models"]
+    return all(cfg_models[m][k] == paper[m][k] for m, k in
+               (("face", "units"), ("face", "widths"), ("voice", "layers"), ("voice", "filters")))
+
+
+def load_backbones(model: torch.nn.Module, cfg_models) -> None:
+    """The pretrained backbones the config names; a warning when the paper's encoders start from scratch."""
+    loaders = {"face": load_pretrained_face, "voice": load_pretrained_voice}
+    for name, load in loaders.items():
+        path = cfg_models[name].pretrained
+        if not path:
+            continue
+        try:
+            load(model, path)
+        except FileNotFoundError as e:
+            raise CheckpointError(str(e)) from None
+        except UNREADABLE as e:
+            raise CheckpointError(f"{path} (models.{name}.pretrained): cannot be read: {reason(e)}") from None
+    missing = [f"models.{name}.pretrained" for name in loaders if not cfg_models[name].pretrained]
+    if missing and paper_sized(cfg_models):
+        log.warning("%s null: those backbones start from random weights (the paper starts from pretrained "
+                    "ones, README, Reproduce the paper, step 1)", " and ".join(missing))

@@ -228,7 +228,7 @@ def test_torchrun_refuses_to_prepare_data(tmp_path, monkeypatch):
 
 def test_paper_sized_encoders_without_pretrained_weights_are_warned_about(caplog):
     from models import build_model
-    from train import load_backbones
+    from models.layouts import load_backbones
     from utils.config import load_config
 
     released = load_config(os.path.join(ROOT, "config", "cfg.yaml"))
