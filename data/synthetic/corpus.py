@@ -129,7 +129,8 @@ def generate_corpus(root: str, identities: int = 300, seed: int = 0, *, clips: t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Write the embedded synthetic corpus (data/synthetic/__init__.py).")
+    parser = argparse.ArgumentParser(prog="python -m data.synthetic",
+                                     description="Write the embedded synthetic corpus (data/synthetic/__init__.py).")
     parser.add_argument("--out", required=True, help="corpus root folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--identities", type=int, default=300)
