@@ -58,8 +58,8 @@ from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import is_prepared, prepare
 from data.provenance import training_data
 from evaluation.extraction import validate
-from losses import InstanceEquilibrium, create_loss
-from losses.diagnostics import TrainingDiagnostics, weight_summary
+from losses import create_loss
+from losses.diagnostics import TrainingDiagnostics
 from models import build_model
 from models.layouts import load_backbones, load_checkpoint
 from models.pair_encoder import PairEncoder
@@ -188,14 +188,6 @@ def optimizer_step(state: TrainState, loss: torch.Tensor, skipped_steps: torch.T
 # ---------------------------------------------------------------------------
 # Logging and validation
 # ---------------------------------------------------------------------------
-def log_refresh(equilibrium: InstanceEquilibrium, iteration: int, writer) -> None:
-    weights = equilibrium.identity_weights
-    summary = ", ".join(f"{name.split('/')[-1]} {float(value):.4g}" for name, value in weight_summary(weights).items())
-    log.info("iteration %d: IE weights refreshed: %s", iteration, summary)
-    if writer is not None:
-        writer.add_histogram("equilibrium/weights", weights.cpu().numpy(), iteration)
-
-
 def validate_and_keep_best(state: TrainState, folder: str, cfg, ctx: distributed.Context, device: torch.device,
                            writer) -> None:
     accuracy = distributed.on_main(validate, ctx, state.model, cfg, device)
@@ -271,12 +263,12 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     start = state.iteration + 1
     batches = iter(train_loader(cfg, dataset, start_iteration=start, rank=ctx.rank, world_size=ctx.world_size))
     writer = SummaryWriter(os.path.join(folder, "tensorboard")) if ctx.is_main else None
-    diagnostics = TrainingDiagnostics(cfg_training, writer) if cfg_training.diagnostics and ctx.is_main else None
+    loss_fn = state.equilibrium  # the method's loss, owning the IE buffers
+    diagnostics = TrainingDiagnostics(loss_fn, writer, cfg_training.diagnostics) if ctx.is_main else None
     bar = tqdm(total=cfg_training.max_iter, initial=start - 1, disable=not ctx.is_main, desc="train",
                dynamic_ncols=True)
     last = cfg_training.max_iter if cfg_training.plateau_patience <= 0 else None  # None: decided by the plateau rule
     watch = FiniteWatch()
-    loss_fn = state.equilibrium  # the method's loss, owning the IE buffers
     interrupted = False
     state.model.train()
     t0 = time.time()
@@ -295,8 +287,6 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
             embeddings, labels = embed(encoders, batch, cfg, device, amp_dtype)
             loss, terms, refreshed = loss_fn(*global_batch(embeddings, labels, ctx), iteration)
             watch.update({"loss": loss, **{k: v for k, v in terms.items() if k not in NOT_A_LOSS_TERM}}, iteration)
-            if refreshed and ctx.is_main:
-                log_refresh(loss_fn, iteration, writer)
             if ctx.is_main and loss_fn.bcr_in_total(iteration) and iteration == cfg_training.bcr_start_iter:
                 log.info("iteration %d: BCR switches on (training.bcr_start_iter): from here the total loss "
                          "includes λ·BCR = %g × BCR, so the logged loss jumps by that term", iteration,
@@ -324,7 +314,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
                 save_periodic(state, folder, cfg, ctx, device)
             if diagnostics is not None:  # rank 0's rows only
                 if refreshed:
-                    diagnostics.record_weights(iteration, loss_fn.identity_weights)
+                    diagnostics.record_refresh(iteration, embeddings, loss_fn.weights_of(labels))
                 if logging_now:
                     diagnostics.record(iteration, embeddings, loss_fn.weights_of(labels))
             if end:

@@ -4,7 +4,7 @@ the plain autograd definition (`training.loss_impl: reference`).
 The loop computes the same math the way the release does: masked B×B matrices built by broadcasting,
 then a Python double loop over the rows and entries of T for the BCR row means, whose results are
 rebuilt from Python numbers (so, as in the release, no gradient flows through BCR), and the
-zero-avoiding means by boolean indexing. It is compared with `terms_of` under bcr_detach, the same
+zero-avoiding means by boolean indexing. It is compared with `terms_of` under bcr_gradient none, the same
 computation; `terms_of` with BCR gradients (the default, which the loop cannot give) is timed as
 well, and so is the plain reference (losses/reference.py, BCR gradient included), which must give the
 same loss, input gradients and counts as the fused version. Both must give the same loss, input
@@ -27,7 +27,7 @@ from easydict import EasyDict
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from losses import InstanceEquilibrium, create_loss  # noqa: E402
-from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, REGAUGE_MARGIN  # noqa: E402
+from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET  # noqa: E402
 from utils.config import load_config  # noqa: E402
 
 
@@ -51,8 +51,8 @@ def loop_direction(anchors, candidates, offset, cfg):
         scale_negative = torch.clamp_min(cosines.detach() + cfg.bcr_margin, 0)
         raw = off_diagonal * (scale_negative * (cosines - cfg.bcr_margin) - scale_positive * (positives - (1 - cfg.bcr_margin)))
     loose = (raw > 0).float()
-    regauged = (torch.clamp_min(raw, 0) + torch.clamp_min(loose * (candidate_cosines + REGAUGE_MARGIN - positives), 0)
-                + torch.clamp_min(loose * (cosines - candidate_cosines + REGAUGE_MARGIN), 0))
+    regauged = (torch.clamp_min(raw, 0) + torch.clamp_min(loose * (candidate_cosines + cfg.bcr_regauge_margin - positives), 0)
+                + torch.clamp_min(loose * (cosines - candidate_cosines + cfg.bcr_regauge_margin), 0))
     row_means = []
     for i in range(size):
         total, count = 0.0, 0
@@ -128,7 +128,7 @@ def main() -> None:
         labels = torch.randperm(4 * size, generator=generator)[:size]
         equilibrium = InstanceEquilibrium(4 * size)
         equilibrium.identity_weights.copy_(torch.rand(4 * size, generator=generator) + 0.5)
-        detached, reference = EasyDict(cfg, bcr_detach=True), EasyDict(cfg, loss_impl="reference")
+        detached, reference = EasyDict(cfg, bcr_gradient="none"), EasyDict(cfg, loss_impl="reference")
 
         def vectorised(settings, target=equilibrium):
             loss, _, correct = create_loss(settings, 1).terms_of(*inputs, target.weights_of(labels), iteration)

@@ -13,7 +13,8 @@ __all__ = ["ArchetypeAgnosticLoss", "InfoNCELoss", "InstanceEquilibrium", "Itera
 
 # The keys of `training` that are the method's hyper-parameters, by their constructor names.
 METHOD_KEYS = ("temperature", "bcr_anchor_margin", "bcr_margin", "bcr_hinge", "bcr_weight", "bcr_start_iter",
-               "bcr_enabled", "bcr_detach", "ie_enabled", "ie_start_iter", "ie_refresh_iter", "loss_impl")
+               "bcr_enabled", "bcr_gradient", "bcr_regauge_margin", "bcr_row_average", "ie_enabled", "ie_start_iter",
+               "ie_refresh_iter", "ie_shift", "ie_normalization", "ie_application", "loss_impl")
 
 
 def create_loss(cfg_training, num_identities: int) -> InstanceEquilibrium:

@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, REGAUGE_MARGIN, Terms, combine_directions
+from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET, Terms, combine_directions
 
 # Shifted exponents are clamped here: a term e^-60 ≈ 1e-26 is far below float32 resolution of a sum
 # that is at least 1, and stays out of the subnormal range, whose arithmetic is slow on x86 CPUs.
@@ -109,7 +109,7 @@ def loose_mask(raw: torch.Tensor) -> torch.Tensor:
 
 
 def bcr_term(cosines: torch.Tensor, candidate_cosines: torch.Tensor, *, m_u: float, m_l: float,
-             hinge: bool) -> torch.Tensor:
+             hinge: bool, regauge_margin: float) -> torch.Tensor:
     """b_i (…×B) from S_ij = cos(p_i, q_j) and C_ij = cos(q_i, q_j) (…×B×B).
 
     t_ij: hinge S_ij − π_i + m_l, or the circle variant a⁻_ij(S_ij − m_l) − a⁺_i(π_i − (1 − m_l)) with
@@ -120,13 +120,13 @@ def bcr_term(cosines: torch.Tensor, candidate_cosines: torch.Tensor, *, m_u: flo
     positives = positive_cosines(cosines)
     raw, _, _ = raw_scores(cosines, positives, m_l, hinge)
     loose = loose_mask(raw)
-    work = (candidate_cosines - (positives - REGAUGE_MARGIN)).relu_()
-    raw.add_(work).add_(torch.sub(cosines, candidate_cosines, out=work).add_(REGAUGE_MARGIN).relu_())
+    work = (candidate_cosines - (positives - regauge_margin)).relu_()
+    raw.add_(work).add_(torch.sub(cosines, candidate_cosines, out=work).add_(regauge_margin).relu_())
     return raw.mul_(loose).sum(dim=-1) * (positives.squeeze(-1) > m_u) / loose.sum(dim=-1).clamp(min=1)
 
 
 def bcr_gradient(grad: torch.Tensor, cosines: torch.Tensor, candidate_cosines: torch.Tensor, *, m_u: float,
-                 m_l: float, hinge: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                 m_l: float, hinge: bool, regauge_margin: float) -> tuple[torch.Tensor, torch.Tensor]:
     """∂L/∂S and ∂L/∂C (…×B×B) from g = ∂L/∂b, with w_i = g_i·[π_i > m_u]/Σ_j σ_ij:
 
     ∂S_ij = w_i σ_ij(a⁻_ij + [S_ij − C_ij + g > 0]), ∂C_ij = w_i σ_ij([C_ij + g − π_i > 0] − [S_ij − C_ij + g > 0]),
@@ -139,8 +139,8 @@ def bcr_gradient(grad: torch.Tensor, cosines: torch.Tensor, candidate_cosines: t
     loose = loose_mask(raw)
     counts = loose.sum(dim=-1, keepdim=True)
     weights = grad.unsqueeze(-1) * (positives > m_u) / counts.clamp(min=1)
-    candidate_active = greater(candidate_cosines, positives - REGAUGE_MARGIN).mul_(loose)
-    cross_active = torch.gt(torch.sub(cosines, candidate_cosines, out=raw), -REGAUGE_MARGIN, out=raw).mul_(loose)
+    candidate_active = greater(candidate_cosines, positives - regauge_margin).mul_(loose)
+    cross_active = torch.gt(torch.sub(cosines, candidate_cosines, out=raw), -regauge_margin, out=raw).mul_(loose)
     slopes = counts if scale_positive is None else counts * scale_positive
     grad_positives = -weights * (slopes + candidate_active.sum(dim=-1, keepdim=True))
     grad_candidates = candidate_active.sub_(cross_active).mul_(weights)
@@ -182,7 +182,7 @@ class DirectionTerms(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, embeddings: torch.Tensor, pairs: Pairs, offset: list[float], temp: float, m_u: float,
-                m_l: float, hinge: bool):
+                m_l: float, hinge: bool, regauge_margin: float, candidate_gradient: bool):
         norms = torch.linalg.vector_norm(embeddings, dim=-1)
         units = embeddings / norms.clamp_min(1e-12).unsqueeze(-1)  # F.normalize
         x_index, y_index = [x for x, _ in pairs], [y for _, y in pairs]
@@ -199,13 +199,15 @@ class DirectionTerms(torch.autograd.Function):
         outputs, saved = [], []
         for anchor_cosines, candidate_cosines, anchor_norms, group_offset in groups:
             aasm, aasm_saved = aasm_term(anchor_cosines, anchor_norms, temp, group_offset)
-            outputs.append((aasm, bcr_term(anchor_cosines, candidate_cosines, m_u=m_u, m_l=m_l, hinge=hinge)))
+            outputs.append((aasm, bcr_term(anchor_cosines, candidate_cosines, m_u=m_u, m_l=m_l, hinge=hinge,
+                                           regauge_margin=regauge_margin)))
             saved.append((anchor_cosines, candidate_cosines, anchor_norms, aasm_saved))
         correct = correct_rankings(cosines)
         ctx.set_materialize_grads(False)
         ctx.mark_non_differentiable(correct)
         ctx.units, ctx.norms, ctx.pair_units, ctx.saved = units, norms, (x_units, y_units), saved
-        ctx.pairs, ctx.options = (x_index, y_index), dict(temp=temp, m_u=m_u, m_l=m_l, hinge=hinge)
+        ctx.pairs, ctx.candidate_gradient = (x_index, y_index), candidate_gradient
+        ctx.options = dict(temp=temp, m_u=m_u, m_l=m_l, hinge=hinge, regauge_margin=regauge_margin)
         shape = (2, len(pairs), cosines.shape[-1])
         aasm, bcr = (torch.cat(terms).view(shape) for terms in zip(*outputs))
         return aasm, bcr, correct
@@ -227,9 +229,10 @@ class DirectionTerms(torch.autograd.Function):
             if grad_bcr is not None:
                 grad_bcr_cosines, grad_candidate_cosines = bcr_gradient(
                     grad_bcr.flatten(0, 1)[rows], anchor_cosines, candidate_cosines, m_u=options["m_u"],
-                    m_l=options["m_l"], hinge=options["hinge"])
+                    m_l=options["m_l"], hinge=options["hinge"], regauge_margin=options["regauge_margin"])
                 grad = grad_bcr_cosines if grad is None else grad.add_(grad_bcr_cosines)
-                grad_candidates.append(grad_candidate_cosines)
+                if ctx.candidate_gradient:
+                    grad_candidates.append(grad_candidate_cosines)
             grad_cosines.append(grad)
         direction_grads = {name: split_directions(grads, count)
                            for name, grads in [("cosines", grad_cosines), ("candidates", grad_candidates),
@@ -252,7 +255,7 @@ class DirectionTerms(torch.autograd.Function):
         lengths = norms.clamp_min(1e-12)
         radial = torch.linalg.vecdot(units, grad_units) - grad_norms * lengths
         grad_embeddings = grad_units.sub_(units * radial.unsqueeze(-1)).div_(lengths.unsqueeze(-1))
-        return grad_embeddings, None, None, None, None, None, None
+        return grad_embeddings, None, None, None, None, None, None, None, None
 
 
 def add_by_batch(first: torch.Tensor, second: torch.Tensor, first_index: list[int], second_index: list[int],
@@ -271,35 +274,34 @@ def split_directions(grads: list[torch.Tensor], count: int) -> tuple[torch.Tenso
 
 
 def pairwise_terms(embeddings: torch.Tensor, pairs: Pairs, *, cross: Sequence[bool], temp: float, m_u: float,
-                   m_l: float, hinge: bool) -> Terms:
+                   m_l: float, hinge: bool, regauge_margin: float, candidate_gradient: bool = True) -> Terms:
     """(ℓ, b) of both directions (each 2×P×B: direction × pair × row) and k¹ (P×B) of the pairs
     (X, Y) = (embeddings[x], embeddings[y]) for (x, y) in `pairs`.
 
-    `embeddings` is K×B×D, row i of every batch from identity i; `cross` holds one flag per pair.
+    `embeddings` is K×B×D, row i of every batch from identity i; `cross` holds one flag per pair;
+    BCR's options as in `losses.reference.bcr`.
     """
-    return DirectionTerms.apply(embeddings, tuple(pairs), offsets(cross), temp, m_u, m_l, hinge)
+    return DirectionTerms.apply(embeddings, tuple(pairs), offsets(cross), temp, m_u, m_l, hinge, regauge_margin,
+                                candidate_gradient)
 
 
-def pair_terms(anchors: torch.Tensor, candidates: torch.Tensor, *, cross: bool, temp: float, m_u: float,
-               m_l: float, hinge: bool) -> Terms:
+def pair_terms(anchors: torch.Tensor, candidates: torch.Tensor, *, cross: bool, **options) -> Terms:
     """(ℓ_i, b_i, k_i) for anchors P and candidates Q (B×D; row i of both = identity i), each (B).
 
-    ℓ and b are float, k (the correct-ranking count, out of B − 1) is an integer tensor.
+    ℓ and b are float, k (the correct-ranking count, out of B − 1) is an integer tensor; `options` those
+    of `pairwise_terms`.
     """
-    aasm, bcr, correct = pairwise_terms(torch.stack([candidates, anchors]), [(0, 1)], cross=[cross], temp=temp,
-                                        m_u=m_u, m_l=m_l, hinge=hinge)
+    aasm, bcr, correct = pairwise_terms(torch.stack([candidates, anchors]), [(0, 1)], cross=[cross], **options)
     return aasm[0, 0], bcr[0, 0], correct[0]
 
 
-def combined_terms(embeddings: torch.Tensor, pairs: Pairs, *, cross: Sequence[bool], temp: float, m_u: float,
-                   m_l: float, hinge: bool) -> Terms:
-    """(AaSM, BCR, k) per row of each pair, both directions combined (P×B): `losses.reference.combined_terms`, fused."""
-    return combine_directions(*pairwise_terms(embeddings, pairs, cross=cross, temp=temp, m_u=m_u, m_l=m_l,
-                                              hinge=hinge))
+def combined_terms(embeddings: torch.Tensor, pairs: Pairs, *, cross: Sequence[bool], **options) -> Terms:
+    """(AaSM, BCR, k) per row of each pair, both directions combined (P×B): `losses.reference.combined_terms`,
+    fused; `options` those of `pairwise_terms`."""
+    return combine_directions(*pairwise_terms(embeddings, pairs, cross=cross, **options))
 
 
-def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Sequence[bool], temp: float,
-                        m_u: float, m_l: float, hinge: bool) -> Terms:
+def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Sequence[bool], **options) -> Terms:
     """Per-row terms of the pair (X, Y) (B×D): direction 1 has anchors Y, candidates X; direction 2 the reverse.
 
     Several pairs stacked as P×B×D take one `cross` flag each and give P×B terms.
@@ -308,5 +310,5 @@ def bidirectional_terms(x: torch.Tensor, y: torch.Tensor, *, cross: bool | Seque
     xs, ys = (x, y) if stacked else (x[None], y[None])
     count = xs.shape[0]
     combined = combined_terms(torch.cat([xs, ys]), [(p, count + p) for p in range(count)],
-                              cross=list(cross) if stacked else [cross], temp=temp, m_u=m_u, m_l=m_l, hinge=hinge)
+                              cross=list(cross) if stacked else [cross], **options)
     return combined if stacked else tuple(term[0] for term in combined)

@@ -17,9 +17,6 @@ import torch.nn.functional as F
 # The constant c of AaSM: the release's 1 + exp(0) + 3.4 across modalities and 2 + exp(0) + 3 within one.
 CROSS_MODAL_OFFSET = 5.4
 INTRA_MODAL_OFFSET = 6.0
-# The re-gauging margin g: a fixed constant in the release, not a config key.
-REGAUGE_MARGIN = 0.15
-
 Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
@@ -52,18 +49,22 @@ def aasm(anchors: torch.Tensor, candidates: torch.Tensor, offset: float | torch.
     return torch.logaddexp(others, torch.log(torch.as_tensor(offset, dtype=others.dtype, device=others.device)))
 
 
-def bcr(anchors: torch.Tensor, candidates: torch.Tensor, *, m_u: float, m_l: float, hinge: bool) -> torch.Tensor:
+def bcr(anchors: torch.Tensor, candidates: torch.Tensor, *, m_u: float, m_l: float, hinge: bool,
+        regauge_margin: float, candidate_gradient: bool = True) -> torch.Tensor:
     """BCR, per anchor: b_i = [π_i > m_u] · Z(T_i·) → …×B.
 
     S_ij = cos(p_i, q_j), π_i = S_ii, C_ij = cos(q_i, q_j). The raw score t_ij (j ≠ i) is the hinge
     S_ij − π_i + m_l, or the circle variant a⁻_ij(S_ij − m_l) − a⁺_i(π_i − (1 − m_l)) with the constant
     (no-gradient) scales a⁺_i = [1 + m_l − π_i]₊, a⁻_ij = [S_ij + m_l]₊. Loose pairs σ_ij = [t_ij > 0]
-    are re-gauged by the candidates' own cosines, with g = 0.15:
+    are re-gauged by the candidates' own cosines, with g = `regauge_margin` (the release's 0.15):
     T_ij = [t_ij]₊ + σ_ij([C_ij + g − π_i]₊ + [S_ij − C_ij + g]₊), and Z averages the non-zero T_ij.
+    `candidate_gradient` false holds C constant (no gradient through the candidate–candidate cosines).
     """
     anchors_unit, candidates_unit = F.normalize(anchors, dim=-1), F.normalize(candidates, dim=-1)
     cosines = anchors_unit @ candidates_unit.mT
     candidate_cosines = candidates_unit @ candidates_unit.mT
+    if not candidate_gradient:
+        candidate_cosines = candidate_cosines.detach()
     positives = diagonal_column(cosines)
     if hinge:
         raw = cosines - positives + m_l
@@ -72,8 +73,8 @@ def bcr(anchors: torch.Tensor, candidates: torch.Tensor, *, m_u: float, m_l: flo
         scale_negative = torch.relu(cosines + m_l).detach()
         raw = scale_negative * (cosines - m_l) - scale_positive * (positives - (1 - m_l))
     loose = (raw > 0) & off_diagonal(cosines)
-    regauged = torch.where(loose, raw + torch.relu(candidate_cosines + REGAUGE_MARGIN - positives)
-                           + torch.relu(cosines - candidate_cosines + REGAUGE_MARGIN), 0)
+    regauged = torch.where(loose, raw + torch.relu(candidate_cosines + regauge_margin - positives)
+                           + torch.relu(cosines - candidate_cosines + regauge_margin), 0)
     return nonzero_mean(regauged) * (positives.squeeze(-1) > m_u)
 
 
@@ -91,12 +92,13 @@ def combine_directions(aasm_terms: torch.Tensor, bcr_terms: torch.Tensor, correc
 
 
 def combined_terms(embeddings: torch.Tensor, pairs: Sequence[tuple[int, int]], *, cross: Sequence[bool],
-                   temp: float, m_u: float, m_l: float, hinge: bool) -> Terms:
+                   temp: float, m_u: float, m_l: float, hinge: bool, regauge_margin: float,
+                   candidate_gradient: bool = True) -> Terms:
     """(AaSM, BCR, k) per row of each pair (X, Y) = (embeddings[x], embeddings[y]), each P×B.
 
     `embeddings` is K×B×D; `cross` holds one flag per pair (c = 5.4 when X and Y are different
     modalities, else 6). Direction 1 has anchors Y and candidates X, direction 2 the reverse; all 2P
-    directions go through one batched call.
+    directions go through one batched call. BCR's options as in `bcr`.
     """
     x_batches, y_batches = [x for x, _ in pairs], [y for _, y in pairs]
     anchors = torch.stack([embeddings[k] for k in y_batches + x_batches])
@@ -105,36 +107,65 @@ def combined_terms(embeddings: torch.Tensor, pairs: Sequence[tuple[int, int]], *
                            dtype=embeddings.dtype, device=embeddings.device).unsqueeze(-1)
     both = (2, len(pairs), embeddings.shape[1])  # direction × pair × row
     return combine_directions(aasm(anchors, candidates, offsets, temp).view(both),
-                              bcr(anchors, candidates, m_u=m_u, m_l=m_l, hinge=hinge).view(both),
+                              bcr(anchors, candidates, m_u=m_u, m_l=m_l, hinge=hinge, regauge_margin=regauge_margin,
+                                  candidate_gradient=candidate_gradient).view(both),
                               correct_rankings(anchors[:len(pairs)], candidates[:len(pairs)]))
 
 
-def iteration_loss(aasm_terms: torch.Tensor, bcr_terms: torch.Tensor, identity_weights: torch.Tensor,
-                   iteration: int, *, bcr_weight: float, bcr_start_iter: int, bcr_enabled: bool, bcr_detach: bool,
-                   ie_enabled: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The loss of iteration t and its BCR sum, from the per-row terms of the pairs (cross, face, voice) (3×B):
+def weighted_bcr(bcr_terms: torch.Tensor, identity_weights: torch.Tensor | None, *, ie_application: str,
+                 bcr_row_average: str) -> torch.Tensor:
+    """Σ_pairs of BCR's weighted average, from the per-row BCR scores of the pairs (P×B) and the IE weight of
+    each row's identity (B,; None without IE).
 
-    L = mean ℓ(cross) + mean(ℓ(face) + ℓ(voice)) + [t ≥ bcr_start_iter] · λ · Σ_pairs Z(b ⊙ w_y),
-
-    λ = bcr_weight (10), w_y = `identity_weights` (B,), the IE weight of each row's identity. With
-    `ie_enabled` false the BCR scores are averaged over all B rows, zeros included, as the release
-    does without IE; `bcr_detach` keeps BCR out of the gradient, as in the release;
-    `bcr_enabled` false leaves AaSM alone (the BCR sum is still returned, for logging).
+    `ie_application` row: row i weighted by w_{y_i}, Z(b ⊙ w_y) (the paper's reading); batch: the release's
+    (B,) × (B, 1) broadcast, the B×B products b_i·w_{y_j} averaged, which is one scalar weight per batch.
+    `bcr_row_average` nonzero: Z, the mean of the non-zero entries; all: the plain mean over the entries,
+    zeros included; coupled: the release, nonzero with IE and all without.
     """
-    if bcr_detach:
+    if identity_weights is None:
+        weighted = bcr_terms
+    elif ie_application == "row":
+        weighted = bcr_terms * identity_weights
+    else:
+        weighted = (bcr_terms.unsqueeze(-1) * identity_weights).flatten(-2)
+    nonzero = bcr_row_average == "nonzero" or (bcr_row_average == "coupled" and identity_weights is not None)
+    return (nonzero_mean(weighted) if nonzero else weighted.mean(-1)).sum()
+
+
+def loss_parts(aasm_terms: torch.Tensor, bcr_terms: torch.Tensor, identity_weights: torch.Tensor | None, *,
+               bcr_gradient: str = "full", ie_application: str = "row",
+               bcr_row_average: str = "coupled") -> tuple[torch.Tensor, torch.Tensor]:
+    """(A, R) from the per-row terms of the pairs (cross, face, voice) (3×B): A = mean ℓ(cross) + mean(ℓ(face) +
+    ℓ(voice)), the AaSM sum, and R = Σ_pairs Z(b ⊙ w_y), the re-gauged BCR sum as `weighted_bcr` reads it, with
+    w_y = `identity_weights` (B,), the IE weight of each row's identity (None without IE). `bcr_gradient` none
+    keeps R out of the gradient, as the release does; no_candidate_cosines acts on the per-row terms."""
+    if bcr_gradient == "none":
         bcr_terms = bcr_terms.detach()
-    regauge = (nonzero_mean(bcr_terms * identity_weights) if ie_enabled else bcr_terms.mean(-1)).sum()
-    loss = aasm_terms.mean(-1).sum()
+    return aasm_terms.mean(-1).sum(), weighted_bcr(bcr_terms, identity_weights, ie_application=ie_application,
+                                                   bcr_row_average=bcr_row_average)
+
+
+def iteration_loss(aasm_terms: torch.Tensor, bcr_terms: torch.Tensor, identity_weights: torch.Tensor | None,
+                   iteration: int, *, bcr_weight: float, bcr_start_iter: int, bcr_enabled: bool,
+                   **readings: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss of iteration t and its BCR sum R, from the per-row terms of the pairs (3×B):
+
+    L = A + [t ≥ bcr_start_iter] · λ · R, with A and R of `loss_parts` (`readings`: its keywords),
+
+    λ = bcr_weight (10); `bcr_enabled` false leaves AaSM alone (R is still returned, for logging).
+    """
+    aasm_sum, regauge = loss_parts(aasm_terms, bcr_terms, identity_weights, **readings)
     if bcr_enabled and iteration >= bcr_start_iter:
-        loss = loss + bcr_weight * regauge
-    return loss, regauge
+        return aasm_sum + bcr_weight * regauge, regauge
+    return aasm_sum, regauge
 
 
 def equilibrium_weights(correct_counts: torch.Tensor, comparison_counts: torch.Tensor,
-                        weights: torch.Tensor) -> torch.Tensor:
+                        weights: torch.Tensor, shift: float = 1.0) -> torch.Tensor:
     """IE refresh: w_k = N(ρ_k; μ, σ), ρ_k = R_k/N_k, over the identities seen since the last refresh.
 
-    σ is the unbiased std of the seen ρ and μ = mean(ρ) − σ; the density is not renormalised. Unseen
+    σ is the unbiased std of the seen ρ and μ = mean(ρ) − shift·σ (the release: shift 1); the density is
+    not renormalised here (`normalized_weights`). Unseen
     identities (N_k = 0) keep their weight and stay out of the mean and std; with fewer than two seen
     identities, or σ = 0, the density is undefined and every weight is kept. Masks only, so that it
     never waits for a GPU.
@@ -144,6 +175,15 @@ def equilibrium_weights(correct_counts: torch.Tensor, comparison_counts: torch.T
     ratio = correct_counts / comparison_counts.clamp(min=1)
     mean = torch.where(seen, ratio, 0).sum() / count
     std = (torch.where(seen, ratio - mean, 0).square().sum() / (count - 1)).sqrt()
-    density = torch.exp(-0.5 * ((ratio - (mean - std)) / std).square()) / (std * math.sqrt(2 * math.pi))
+    density = torch.exp(-0.5 * ((ratio - (mean - shift * std)) / std).square()) / (std * math.sqrt(2 * math.pi))
     usable = seen & (count >= 2) & (std > 0) & torch.isfinite(density)
     return torch.where(usable, density, weights)
+
+
+def normalized_weights(weights: torch.Tensor, normalization: str) -> torch.Tensor:
+    """The IE weights of all K identities as `normalization` reads them: none (the release's raw densities),
+    mean (w·K/Σw, mean 1: the predecessor's convention) or sum (w/Σw)."""
+    if normalization == "none":
+        return weights
+    total = weights.sum()
+    return weights * (weights.numel() / total) if normalization == "mean" else weights / total

@@ -28,8 +28,13 @@ DIRECTIONS = {
 RELEASED_TRAINING = load_config(os.path.join(ROOT, "config", "cfg.yaml")).training
 
 
+# The release's re-gauging margin g, a literal in its code (the default of training.bcr_regauge_margin).
+RELEASE_REGAUGE_MARGIN = 0.15
+
+
 def options(case):
-    return dict(temp=case["temp"], m_u=case["m_u"], m_l=case["m_l"], hinge=case["hinge"])
+    return dict(temp=case["temp"], m_u=case["m_u"], m_l=case["m_l"], hinge=case["hinge"],
+                regauge_margin=RELEASE_REGAUGE_MARGIN)
 
 
 def training_cfg(case, **changes):
@@ -44,11 +49,11 @@ def assert_relative(actual, expected, rtol=1e-5):
                                expected.to(actual.dtype), rtol=rtol, atol=1e-7)
 
 
-def reference_pair_terms(anchors, candidates, *, cross, temp, m_u, m_l, hinge):
+def reference_pair_terms(anchors, candidates, *, cross, temp, **bcr_options):
     """`pair_terms` of one direction from the plain definition."""
     offset = reference.CROSS_MODAL_OFFSET if cross else reference.INTRA_MODAL_OFFSET
     return (reference.aasm(anchors, candidates, offset, temp),
-            reference.bcr(anchors, candidates, m_u=m_u, m_l=m_l, hinge=hinge),
+            reference.bcr(anchors, candidates, **bcr_options),
             reference.correct_rankings(anchors, candidates))
 
 
@@ -171,11 +176,11 @@ def gradients(case, **changes):
 def test_gradients_are_finite_and_reach_every_input_through_bcr(hinge):
     case = next(c for c in CASES if c["hinge"] == hinge and c["face"].shape[0] == 20)
     with_bcr = gradients(case)
-    detached = gradients(case, bcr_detach=True)
+    detached = gradients(case, bcr_gradient="none")
     aasm_only = gradients(case, iteration=0)
     for g, d, a in zip(with_bcr, detached, aasm_only):
         assert torch.isfinite(g).all() and g.abs().sum() > 0
-        torch.testing.assert_close(d, a)  # bcr_detach: the release, BCR adds no gradient
+        torch.testing.assert_close(d, a)  # bcr_gradient none: the release, BCR adds no gradient
     assert any(not torch.allclose(g, a) for g, a in zip(with_bcr, aasm_only))
 
 
@@ -188,8 +193,11 @@ def loss_and_gradients(case, loss_impl, iteration, **changes):
 
 
 @pytest.mark.parametrize("index", range(len(CASES)))
-@pytest.mark.parametrize("changes", [{}, {"ie_enabled": False}, {"bcr_detach": True}, {"iteration": 0}],
-                         ids=["weighted", "unweighted", "detached", "before-regauge"])
+@pytest.mark.parametrize("changes", [{}, {"ie_enabled": False}, {"bcr_gradient": "none"}, {"iteration": 0},
+                                     {"bcr_gradient": "no_candidate_cosines"}, {"bcr_regauge_margin": 0.3},
+                                     {"ie_application": "batch", "bcr_row_average": "all"}],
+                         ids=["weighted", "unweighted", "detached", "before-regauge", "no-candidate-path",
+                              "regauge-margin", "broadcast"])
 def test_fused_loss_matches_the_reference(index, changes):
     case = CASES[index]
     changes = dict(changes)
@@ -239,7 +247,7 @@ PAIRS = ((0, 2), (0, 1), (2, 3))
 @pytest.mark.parametrize("size", [7, 70])  # one batched call for both directions, and one call each
 def test_written_out_gradient_matches_autograd_of_the_formulas(hinge, size):
     embeddings = random_embeddings(size)
-    opts = dict(temp=0.5, m_u=0.1, m_l=0.3 if hinge else 0.25, hinge=hinge)
+    opts = dict(temp=0.5, m_u=0.1, m_l=0.3 if hinge else 0.25, hinge=hinge, regauge_margin=RELEASE_REGAUGE_MARGIN)
     cross = (True, False, False)
     aasm, bcr, _ = pairwise_terms(embeddings, PAIRS, cross=cross, **opts)
     ours = torch.cat([aasm, bcr])
@@ -248,7 +256,8 @@ def test_written_out_gradient_matches_autograd_of_the_formulas(hinge, size):
         offset = 5.4 if c else 6.0
         directions = [(embeddings[y], embeddings[x]), (embeddings[x], embeddings[y])]
         aasm_terms = [reference.aasm(p, q, offset, opts["temp"]) for p, q in directions]
-        bcr_terms = [reference.bcr(p, q, m_u=opts["m_u"], m_l=opts["m_l"], hinge=hinge) for p, q in directions]
+        bcr_terms = [reference.bcr(p, q, m_u=opts["m_u"], m_l=opts["m_l"], hinge=hinge,
+                                   regauge_margin=RELEASE_REGAUGE_MARGIN) for p, q in directions]
         expected.append(torch.stack(aasm_terms + bcr_terms))
     expected = torch.stack(expected, dim=1)
     assert (expected[2:] != 0).float().mean() > 0.3  # BCR is at work on most rows
@@ -264,7 +273,8 @@ def test_written_out_gradient_passes_gradcheck():
     embeddings = random_embeddings(6, dim=5, seed=2)
 
     def outputs(e):
-        aasm, bcr, _ = pairwise_terms(e, PAIRS, cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True)
+        aasm, bcr, _ = pairwise_terms(e, PAIRS, cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True,
+                                      regauge_margin=RELEASE_REGAUGE_MARGIN)
         return aasm, bcr
 
     assert torch.autograd.gradcheck(outputs, (embeddings,), eps=1e-6, atol=1e-7)
@@ -272,7 +282,7 @@ def test_written_out_gradient_passes_gradcheck():
 
 def test_both_direction_layouts_agree(monkeypatch):
     embeddings = random_embeddings(70)
-    opts = dict(cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True)
+    opts = dict(cross=(True, False, False), temp=0.5, m_u=0.1, m_l=0.3, hinge=True, regauge_margin=RELEASE_REGAUGE_MARGIN)
     results = []
     for threshold in (0, 1000):  # views of S and Sᵀ, then one batched call on [S; Sᵀ]
         monkeypatch.setattr(fused, "BATCH_DIRECTIONS_UP_TO", threshold)
@@ -301,12 +311,12 @@ class SynchronisationRecorder(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("loss_impl", ["fused", "reference"])
-@pytest.mark.parametrize("bcr_detach", [False, True])
-def test_total_loss_has_no_synchronising_operations(bcr_detach, loss_impl):
+@pytest.mark.parametrize("bcr_gradient", ["full", "none"])
+def test_total_loss_has_no_synchronising_operations(bcr_gradient, loss_impl):
     # The CPU stand-in for the CUDA check below: no operation in the loss, its gradient or an IE
     # refresh reads a value back to the host or sizes a tensor by its contents.
     case = CASES[0]
-    cfg = training_cfg(case, ie_start_iter=1, ie_refresh_iter=1, bcr_detach=bcr_detach, loss_impl=loss_impl)
+    cfg = training_cfg(case, ie_start_iter=1, ie_refresh_iter=1, bcr_gradient=bcr_gradient, loss_impl=loss_impl)
     inputs = case_inputs(case, requires_grad=True)
     with SynchronisationRecorder() as recorder:
         loss, terms, _ = create_loss(cfg, 20)(*inputs, torch.arange(20), cfg.bcr_start_iter)

@@ -15,8 +15,11 @@ ITERATION_LINE = re.compile(
     r"iteration (\d+)/(\d+): lr ([0-9.e-]+), loss ([0-9.]+) = AaSM cross ([0-9.]+) \+ face ([0-9.]+) \+ voice ([0-9.]+)"
     r"(?: \+ λ 10 × BCR ([0-9.]+)| \(BCR ([0-9.]+), added from iteration (\d+)\)), rank accuracy ([0-9.]+); "
     r"([0-9.]+) it/s, elapsed (\d+):(\d\d):(\d\d), remaining (\d+):(\d\d):(\d\d)$")
-REFRESH_LINE = re.compile(r"iteration (\d+): IE weights refreshed: min ([0-9.e+-]+), median ([0-9.e+-]+), "
-                          r"max ([0-9.e+-]+)$")
+NUMBER = r"([0-9.e+-]+)"
+REFRESH_LINE = re.compile(rf"iteration (\d+): IE weights refreshed: min {NUMBER}, median {NUMBER}, mean {NUMBER}, "
+                          rf"max {NUMBER}; effective BCR weight λ·mean\(w\) {NUMBER}, BCR share of ∂face {NUMBER}, "
+                          rf"∂voice {NUMBER}, active BCR rows cross {NUMBER}, active BCR rows face {NUMBER}, "
+                          rf"active BCR rows voice {NUMBER}")
 SWITCH_LINE = re.compile(r"iteration (\d+): BCR switches on .*total loss includes λ·BCR = 10 × BCR")
 # A dozen iterations of small encoders on the tiny corpus: every logged event in a few seconds.
 MICRO_RUN = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
@@ -78,7 +81,10 @@ def check_train_log(run_dir: str, max_iter: int, log_iter: int, bcr_start_iter: 
 
     found = [REFRESH_LINE.fullmatch(m) for m in messages if REFRESH_LINE.fullmatch(m)]
     assert [int(m.group(1)) for m in found] == refreshes
-    assert all(float(m.group(2)) <= float(m.group(3)) <= float(m.group(4)) for m in found)
+    for m in found:
+        low, median, mean, high, effective, *shares_and_rows = map(float, m.groups()[1:])
+        assert low <= median <= high and low <= mean <= high and effective > 0
+        assert all(0 <= value <= 1 for value in shares_and_rows)
 
 
 def test_a_micro_runs_train_log_has_a_line_per_log_iter_and_the_bcr_switch(tiny_cfg, tmp_path):

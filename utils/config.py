@@ -34,6 +34,7 @@ NULLABLE_TYPES: dict[str, type] = {
     "testing.extracted_features_path": str,
     "testing.result_path": str,
     "training.resume": str,
+    "training.bcr_regauge_margin": float,
 }
 
 DEFAULTS: dict[str, Any] = {
@@ -100,7 +101,16 @@ DEFAULTS: dict[str, Any] = {
         "ie_refresh_iter": 920,  # ... at every multiple of this
         "ie_enabled": True,  # false: BCR averaged over all rows, no IE weights
         "bcr_enabled": True,  # false: AaSM alone (no BCR term, so IE has nothing to weight)
-        "bcr_detach": False,
+        # The release's open readings (docs/method.md#open-readings); config/presets/ holds the release's and
+        # the predecessor's choices. full | none (the release: BCR and IE only in the logged loss) |
+        # no_candidate_cosines (C_ij = cos(q_i, q_j) held constant)
+        "bcr_gradient": "full",
+        "bcr_regauge_margin": 0.15,  # g of re-gauging, the release's literal; null: tied to bcr_anchor_margin
+        "ie_shift": 1.0,  # the density's mean is mean(ρ) − ie_shift·σ
+        "ie_normalization": "none",  # none (the release) | mean (mean 1 over identities, the predecessor) | sum
+        "ie_application": "row",  # row: w_{y_i} weighs row i | batch: the release's (B,)×(B, 1) broadcast
+        # coupled (the release: non-zero rows with IE, all rows without) | nonzero | all
+        "bcr_row_average": "coupled",
         # How the loss is computed, with the same values and gradients: reference (losses/reference.py,
         # plain autograd), fused (losses/fused.py, a written-out gradient), auto (fused from batch 64).
         "loss_impl": "auto",
@@ -148,7 +158,10 @@ RENAMED_KEYS: dict[str, str] = {
     "training.warm_up": "training.ie_start_iter",
     "training.weight_update_iter": "training.ie_refresh_iter",
     "training.weighted_enabled": "training.ie_enabled",
+    "training.bcr_detach": "training.bcr_gradient",
 }
+# Values of a renamed key that change on the way: {old key: {old value: new value}}.
+RENAMED_VALUES: dict[str, dict] = {"training.bcr_detach": {True: "none", False: "full"}}
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 SEED_LIMIT = 2**32  # numpy's legacy seeds (and the loaders' worker seeds) are 32-bit
@@ -161,6 +174,10 @@ CHOICES: dict[str, tuple] = {
     "training.amp": ("off", "bf16", "fp16"),
     "training.loss_impl": ("auto", "fused", "reference"),
     "training.objective": ("aasm", "infonce"),
+    "training.bcr_gradient": ("full", "none", "no_candidate_cosines"),
+    "training.ie_normalization": ("none", "mean", "sum"),
+    "training.ie_application": ("row", "batch"),
+    "training.bcr_row_average": ("coupled", "nonzero", "all"),
     "testing.split": ("val", "test"),
 }
 
@@ -225,6 +242,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "training.temperature": (_above_zero, "above 0"),
     "training.bcr_start_iter": _at_least(0),
     "training.bcr_weight": _at_least(0),
+    "training.bcr_regauge_margin": _at_least(0),
     "training.ie_start_iter": _at_least(0),
     "training.ie_refresh_iter": _at_least(1),
     "training.val_start": _at_least(0),
@@ -325,7 +343,10 @@ def renamed(tree: dict, source: str, warn: bool = True) -> dict:
                               f"its new name): give '{new}' only")
         if warn:
             log.warning("%s: config key '%s' is now '%s'; the old name still works", source, old, new)
-        tree[section] = {new_key if k == old_key else k: v for k, v in values.items()}
+        value = values[old_key]
+        if isinstance(value, bool):  # the only old values that change, for now
+            value = RENAMED_VALUES.get(old, {}).get(value, value)
+        tree[section] = {new_key if k == old_key else k: value if k == old_key else v for k, v in values.items()}
     return tree
 
 
@@ -429,29 +450,35 @@ def _inside(path: str, folder: str) -> bool:
 def config_chain(path: str, _children: tuple[str, ...] = ()) -> list[tuple[str, dict]]:
     """(file, keys) of a config and its `base:` ancestors, the farthest base first, `base` removed.
 
-    A base is a YAML file named relative to the file that names it; the project's own configs (config/)
-    have their bases in config/.
+    A base is a YAML file named relative to the file that names it, or a list of them, merged in order
+    (a config and a preset of config/presets/); the project's own configs (config/) have their bases in config/.
     """
     user = _read_yaml(path)
-    base = user.pop("base", None)
-    if base is None:
+    bases = user.pop("base", None)
+    if bases is None:
         return [(path, user)]
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: config key 'base' expects a path to a config file, got {base!r}")
-    base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not bases or not all(isinstance(base, str) for base in bases):
+        raise ConfigError(f"{path}: config key 'base' expects a path to a config file or a list of them, "
+                          f"got {bases!r}")
     visited = (*_children, path)
-    chain = " -> ".join((*visited, base_path))
-    if any(os.path.realpath(p) == os.path.realpath(base_path) for p in visited):
-        raise ConfigError(f"{path}: 'base' makes a cycle: {chain}")
-    if os.path.isabs(base) or os.path.splitext(base_path)[1] not in (".yaml", ".yml"):
-        raise ConfigError(f"{path}: 'base' must name a .yaml file relative to this file: {chain}")
-    if _inside(visited[0], CONFIG_FOLDER) and not _inside(base_path, CONFIG_FOLDER):
-        raise ConfigError(f"{path}: 'base' points outside {CONFIG_FOLDER}: {chain}")
-    if len(visited) >= MAX_BASE_DEPTH:
-        raise ConfigError(f"{path}: more than {MAX_BASE_DEPTH} configs in the 'base' chain: {chain}")
-    if not os.path.isfile(base_path):
-        raise ConfigError(f"{path}: base config not found: {base_path}")
-    return config_chain(base_path, visited) + [(path, user)]
+    chain: list[tuple[str, dict]] = []
+    for base in bases:
+        base_path = os.path.normpath(os.path.join(os.path.dirname(path), base))
+        trail = " -> ".join((*visited, base_path))
+        if any(os.path.realpath(p) == os.path.realpath(base_path) for p in visited):
+            raise ConfigError(f"{path}: 'base' makes a cycle: {trail}")
+        if os.path.isabs(base) or os.path.splitext(base_path)[1] not in (".yaml", ".yml"):
+            raise ConfigError(f"{path}: 'base' must name a .yaml file relative to this file: {trail}")
+        if _inside(visited[0], CONFIG_FOLDER) and not _inside(base_path, CONFIG_FOLDER):
+            raise ConfigError(f"{path}: 'base' points outside {CONFIG_FOLDER}: {trail}")
+        if len(visited) >= MAX_BASE_DEPTH:
+            raise ConfigError(f"{path}: more than {MAX_BASE_DEPTH} configs in the 'base' chain: {trail}")
+        if not os.path.isfile(base_path):
+            raise ConfigError(f"{path}: base config not found: {base_path}")
+        chain += config_chain(base_path, visited)
+    return chain + [(path, user)]
 
 
 def _check_relations(cfg: dict) -> None:
