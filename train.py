@@ -1,10 +1,7 @@
 """Train the voice and face encoders with AaSM, BCR and Instance Equilibrium.
 
-    python train.py --cfg config/cfg.yaml [--opts training.lr=0.02 ...] [--resume auto|PATH]
-    python train.py --cfg config/ablation/synthetic_aasm.yaml --seeds 0 1 2   # <run>/seed<k>/ each
-    torchrun --nproc_per_node 4 train.py --cfg config/cfg.yaml
-
-Ctrl-C (SIGINT) or SIGTERM saves the last finished iteration and exits; `--resume auto` continues it.
+`python train.py --help` shows the command lines; Ctrl-C or SIGTERM saves the last finished iteration and exits,
+`--resume auto` continues it.
 """
 from __future__ import annotations
 
@@ -42,20 +39,18 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer before the imports below (seconds of torch)
 
 # The training's imports, after the command line is known to be valid (flake8: E402 by design).
-import copy
 import logging
 import os
 import signal
 import time
 
 import torch
-from easydict import EasyDict
 from tensorboardX import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data.datasets import TrainDataset, as_float, train_loader
-from data.prepare import is_prepared, prepare
+from data.prepare import prepare_if_needed
 from data.provenance import training_data
 from evaluation.extraction import validate
 from losses import create_loss
@@ -65,7 +60,7 @@ from models.layouts import load_backbones, load_checkpoint
 from models.pair_encoder import PairEncoder
 from models.settings import model_settings
 from utils import distributed
-from utils.config import ConfigError, load_config, require
+from utils.config import ConfigError, load_config, require, seed_configs
 from utils.errors import UserError
 from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
                        seed_everything)
@@ -97,17 +92,6 @@ def plateaued(history: list[float], patience: int) -> bool:
 # ---------------------------------------------------------------------------
 # Data, model, loss and optimizer
 # ---------------------------------------------------------------------------
-def prepare_data(cfg, ctx: distributed.Context) -> None:
-    if distributed.on_main(is_prepared, ctx, cfg):
-        return
-    if ctx.enabled:  # preparing takes long; the other processes would time out waiting
-        raise UserError("the data is not prepared: run `python -m data.prepare --cfg <config>` once, "
-                        "then start torchrun again")
-    require(cfg, "dataset.meta_file", "dataset.audio_data_dir", "dataset.image_data_dir")
-    log.info("data not prepared yet: running data.prepare")
-    prepare(cfg)
-
-
 def build_state(cfg, identities: int, device: torch.device) -> TrainState:
     """The model (backbones loaded), the loss with its IE buffers, SGD and the fp16 scaler."""
     model = build_model(cfg.models, cfg.dataset.sample_rate)
@@ -128,18 +112,6 @@ def provenance(cfg) -> dict:
     return {"model_settings": model_settings(cfg), "training_data": training_data(cfg)}
 
 
-def wrap_encoders(model: torch.nn.Module, ctx: distributed.Context, device: torch.device) -> torch.nn.Module:
-    """PairEncoder, under DDP with batch norm over the global batch when distributed."""
-    encoders = PairEncoder(model)
-    if not ctx.enabled:
-        return encoders
-    if device.type == "cuda":
-        encoders = torch.nn.SyncBatchNorm.convert_sync_batchnorm(encoders)
-    else:  # torch's SyncBatchNorm is GPU-only
-        distributed.convert_to_global_batch_norm(encoders)
-    return torch.nn.parallel.DistributedDataParallel(encoders, device_ids=[device.index] if device.type == "cuda" else None)
-
-
 def amp_dtype_of(cfg_training, device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None  # mixed precision is a CUDA feature here; the CPU runs float32
@@ -156,16 +128,6 @@ def embed(encoders: torch.nn.Module, batch: tuple, cfg, device: torch.device,
         face, face_aux = (x.contiguous(memory_format=torch.channels_last) for x in (face, face_aux))
     with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
         return encoders(face, face_aux, voice, voice_aux), labels
-
-
-def global_batch(embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor, ctx: distributed.Context) -> tuple:
-    """The four embedding batches and the labels of the whole global batch, in float32, on every rank.
-
-    Each rank's loss is then the global one and its gradient reaches every rank's rows, so DDP's average
-    over ranks is the single-process gradient of the global batch. Every rank also sees the whole
-    gathered batch, so the equilibrium counters and weights agree on all ranks.
-    """
-    return (*(distributed.gather_with_grad(e.float(), ctx) for e in embeddings), distributed.gather(labels, ctx))
 
 
 def optimizer_step(state: TrainState, loss: torch.Tensor, skipped_steps: torch.Tensor | None) -> None:
@@ -224,7 +186,7 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
         requested = bool(resume or cfg.training.resume)
         folder, lock, resume, changed = open_run_folder(cfg, resume, overridden, ctx)
         seed_everything(cfg.seed + ctx.rank, cfg.training.deterministic)
-        prepare_data(cfg, ctx)
+        prepare_if_needed(cfg, ctx)
         return run(cfg, folder, resume, ctx, device, changed, requested)
     except Interrupted:  # every rank stops alike after a signal: nobody failed
         raise
@@ -257,7 +219,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     if ctx.is_main:
         log.info("run %s in %s: iterations %d to %s", state.run_id, folder, state.iteration + 1,
                  cfg_training.max_iter if cfg_training.plateau_patience <= 0 else "the plateau")
-    encoders = wrap_encoders(state.model, ctx, device)
+    encoders = distributed.wrap_module(PairEncoder(state.model), ctx, device)
     amp_dtype = amp_dtype_of(cfg_training, device)
     skipped_steps = torch.zeros((), dtype=torch.long, device=device) if state.scaler.is_enabled() else None
     start = state.iteration + 1
@@ -285,7 +247,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
             for group in state.optimizer.param_groups:
                 group["lr"] = lr
             embeddings, labels = embed(encoders, batch, cfg, device, amp_dtype)
-            loss, terms, refreshed = loss_fn(*global_batch(embeddings, labels, ctx), iteration)
+            loss, terms, refreshed = loss_fn(*distributed.gather_batch(embeddings, labels, ctx), iteration)
             watch.update({"loss": loss, **{k: v for k, v in terms.items() if k not in NOT_A_LOSS_TERM}}, iteration)
             if ctx.is_main and loss_fn.bcr_in_total(iteration) and iteration == cfg_training.bcr_start_iter:
                 log.info("iteration %d: BCR switches on (training.bcr_start_iter): from here the total loss "
@@ -354,17 +316,6 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-
-
-def seed_configs(cfg, seeds: list[int] | None) -> list:
-    """The config itself without seeds, else one copy per seed whose run folder is <run>/seed<k>."""
-    if seeds is None:
-        return [cfg]
-    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
-    if repeated or min(seeds) < 0:
-        what = f"{', '.join(map(str, repeated))} given twice" if repeated else f"{min(seeds)} is negative"
-        raise ConfigError(f"--seeds: {what}; give distinct seeds of at least 0 (each trains into <run>/seed<k>/)")
-    return [EasyDict({**copy.deepcopy(cfg), "seed": seed, "exp_name": f"{cfg.exp_name}/seed{seed}"}) for seed in seeds]
 
 
 if __name__ == "__main__":

@@ -46,7 +46,8 @@ from data.prepare import prepare  # noqa: E402
 from data.synthetic import generate_corpus  # noqa: E402
 from models import build_model  # noqa: E402
 from evaluate import identity_of, test_split_files, write_lists  # noqa: E402  (bench/evaluate.py)
-from train import build_state, embed, global_batch, optimizer_step, wrap_encoders  # noqa: E402
+from models.pair_encoder import PairEncoder  # noqa: E402
+from train import build_state, embed, optimizer_step  # noqa: E402
 from evaluation.extraction import embed_batches  # noqa: E402
 from evaluation.features import Features  # noqa: E402
 from evaluation.protocol import evaluate_list  # noqa: E402
@@ -145,9 +146,9 @@ def iteration_after_regauge(cfg) -> int:
 
 def one_step(state, cfg, batch, device: torch.device, amp_dtype=None) -> torch.Tensor:
     """Forward, loss with IE, backward, SGD step: the trainer's own pieces (train.py)."""
-    encoders = wrap_encoders(state.model, distributed.Context(), device)
+    encoders = distributed.wrap_module(PairEncoder(state.model), distributed.Context(), device)
     embeddings, labels = embed(encoders, batch, cfg, device, amp_dtype)
-    loss, _, _ = state.equilibrium(*global_batch(embeddings, labels, distributed.Context()),
+    loss, _, _ = state.equilibrium(*distributed.gather_batch(embeddings, labels, distributed.Context()),
                                    iteration_after_regauge(cfg))
     optimizer_step(state, loss, None)
     return loss.detach()
@@ -172,7 +173,7 @@ def parity(cfg, sizes: Sizes, devices: list[torch.device]) -> list[Row]:
     with torch.no_grad():
         cpu_state.model.train()
         gpu_state.model.train()
-        encoders = [wrap_encoders(s.model, distributed.Context(), d) for s, d in
+        encoders = [distributed.wrap_module(PairEncoder(s.model), distributed.Context(), d) for s, d in
                     ((cpu_state, torch.device("cpu")), (gpu_state, cuda))]
         inputs = [tuple(x.to(d).float() for x in batch[:3]) for d in (torch.device("cpu"), cuda)]
         out = [e(f[:, 0], f[:, 1], v, a) for e, (f, v, a) in zip(encoders, inputs)]

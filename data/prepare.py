@@ -35,7 +35,8 @@ from data.provenance import write_list_checksums
 from data.scan import ROOT_KEYS, IdentityScanner
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
-from utils.config import OPTS_HELP, load_config
+from utils import distributed
+from utils.config import OPTS_HELP, load_config, require
 from utils.errors import UserError
 
 LOCK_FILE = "prepare.lock"  # in dataset.lmdb_dir, holding the pid of the data.prepare writing there
@@ -184,6 +185,19 @@ def prepare_lock(folder: str) -> Iterator[str]:
             lock.truncate()  # ended, not killed: nothing to take over
     finally:
         lock.close()
+
+
+def prepare_if_needed(cfg: EasyDict, ctx: distributed.Context) -> None:
+    """`prepare` on first use, in one process; under torchrun a clear error instead (preparing takes long, and
+    the other processes would time out waiting)."""
+    if distributed.on_main(is_prepared, ctx, cfg):
+        return
+    if ctx.enabled:
+        raise UserError("the data is not prepared: run `python -m data.prepare --cfg <config>` once, "
+                        "then start torchrun again")
+    require(cfg, "dataset.meta_file", "dataset.audio_data_dir", "dataset.image_data_dir")
+    print("data not prepared yet: running data.prepare")
+    prepare(cfg)
 
 
 def prepare(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> None:

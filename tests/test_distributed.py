@@ -7,7 +7,9 @@ import torch.multiprocessing as mp
 
 from losses import create_loss
 from models import build_model
-from train import embed, global_batch, wrap_encoders
+from models.pair_encoder import PairEncoder
+from train import embed
+from utils.distributed import gather_batch, wrap_module
 from utils import distributed
 from utils.config import load_config
 
@@ -31,11 +33,11 @@ def run(batch, cfg, ctx, training=True):
     torch.manual_seed(0)
     # In training mode, batch norm normalises over the global batch (GlobalBatchNorm on the CPU).
     model = build_model(cfg.models).train(training)
-    encoders = wrap_encoders(model, ctx, torch.device("cpu"))
+    encoders = wrap_module(PairEncoder(model), ctx, torch.device("cpu"))
     equilibrium = create_loss(cfg.training, 20)
     # counts from earlier iterations, so the refresh at ITERATION has something to weigh
     equilibrium.accumulate(torch.arange(20), torch.arange(20) % 7, 7)
-    loss, terms, _ = equilibrium(*global_batch(*embed(encoders, batch, cfg, torch.device("cpu")), ctx), ITERATION)
+    loss, terms, _ = equilibrium(*gather_batch(*embed(encoders, batch, cfg, torch.device("cpu")), ctx), ITERATION)
     loss.backward()
     grads = {name: p.grad.clone() for name, p in model.named_parameters()}
     return {"loss": loss.detach(), "terms": terms, "grads": grads, "equilibrium": equilibrium.state_dict(),
@@ -87,9 +89,9 @@ def test_mixed_precision_forward_keeps_the_loss_in_float32():
     losses = {}
     for dtype in (None, torch.bfloat16):
         torch.manual_seed(0)
-        encoders = wrap_encoders(build_model(cfg.models).eval(), ctx, cpu)
+        encoders = wrap_module(PairEncoder(build_model(cfg.models).eval()), ctx, cpu)
         equilibrium = create_loss(cfg.training, 20)
-        losses[dtype], terms, _ = equilibrium(*global_batch(*embed(encoders, batch, cfg, cpu, torch.bfloat16
+        losses[dtype], terms, _ = equilibrium(*gather_batch(*embed(encoders, batch, cfg, cpu, torch.bfloat16
                                                                    if dtype else None), ctx), ITERATION)
         assert losses[dtype].dtype == torch.float32 and all(t.dtype != torch.bfloat16 for t in terms.values())
         losses[dtype].backward()
@@ -104,7 +106,7 @@ def train_steps(cfg, ctx, share=slice(None)):
     """STEPS optimizer steps in float64 on this process' rows of each global batch; the final state."""
     torch.manual_seed(0)
     model = build_model(cfg.models).double().train()
-    encoders = wrap_encoders(model, ctx, torch.device("cpu"))
+    encoders = wrap_module(PairEncoder(model), ctx, torch.device("cpu"))
     equilibrium = create_loss(cfg.training, 20)
     equilibrium.accumulate(torch.arange(20), torch.arange(20) % 7, 7)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)

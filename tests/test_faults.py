@@ -217,13 +217,13 @@ def test_each_rank_takes_its_gpu_before_joining_the_group(monkeypatch):
 
 
 def test_torchrun_refuses_to_prepare_data(tmp_path, monkeypatch):
-    from train import prepare_data
+    from data.prepare import prepare_if_needed
 
     cfg = tiny_config(str(tmp_path / "nothing"))
     monkeypatch.setattr(distributed, "broadcast_object", lambda obj, ctx: obj)  # rank 0's answer, alone
 
     with pytest.raises(Exception, match=r"python -m data.prepare"):
-        prepare_data(cfg, distributed.Context(rank=0, world_size=2))
+        prepare_if_needed(cfg, distributed.Context(rank=0, world_size=2))
 
 
 def test_paper_sized_encoders_without_pretrained_weights_are_warned_about(caplog):

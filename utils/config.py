@@ -533,3 +533,14 @@ def config_to_dict(cfg: EasyDict) -> dict:
 def run_dir(cfg: EasyDict) -> str:
     """Folder of a run: checkpoints, logs, tensorboard events, results."""
     return os.path.join(cfg.output_dir, cfg.exp_name)
+
+
+def seed_configs(cfg: EasyDict, seeds: list[int] | None) -> list[EasyDict]:
+    """The config itself without seeds (--seeds not given), else one copy per seed whose run folder is <run>/seed<k>."""
+    if seeds is None:
+        return [cfg]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated or min(seeds) < 0:
+        what = f"{', '.join(map(str, repeated))} given twice" if repeated else f"{min(seeds)} is negative"
+        raise ConfigError(f"--seeds: {what}; give distinct seeds of at least 0 (each trains into <run>/seed<k>/)")
+    return [EasyDict({**copy.deepcopy(cfg), "seed": seed, "exp_name": f"{cfg.exp_name}/seed{seed}"}) for seed in seeds]

@@ -281,3 +281,24 @@ def convert_to_global_batch_norm(module: nn.Module) -> nn.Module:
         else:
             convert_to_global_batch_norm(child)
     return module
+
+
+def wrap_module(module: nn.Module, ctx: Context, device: torch.device) -> nn.Module:
+    """`module` itself in one process; else under DDP, its batch norm over the global batch."""
+    if not ctx.enabled:
+        return module
+    if device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    else:  # torch's SyncBatchNorm is GPU-only
+        convert_to_global_batch_norm(module)
+    return nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def gather_batch(embeddings: tuple[torch.Tensor, ...], labels: torch.Tensor, ctx: Context) -> tuple:
+    """The embedding batches and the labels of the whole global batch, in float32, on every rank.
+
+    Each rank's loss is then the global one and its gradient reaches every rank's rows, so DDP's average
+    over ranks is the single-process gradient of the global batch. Every rank also sees the whole
+    gathered batch, so state computed from it (the IE counters and weights) agrees on all ranks.
+    """
+    return (*(gather_with_grad(e.float(), ctx) for e in embeddings), gather(labels, ctx))
