@@ -28,7 +28,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.config import OPTS_HELP
+from config import OPTS_HELP
 
 EXAMPLES = """examples:
   python test.py --cfg config/synthetic.yaml                  # the demo run's checkpoint_best
@@ -113,7 +113,8 @@ from evaluation.features import read_features
 from evaluation.list_features import checkpoint_of, model_features
 from evaluation.protocol import Result, evaluate, format_table, write_outputs
 from models.settings import explicit_settings
-from utils.config import load_config, require, run_dir
+from config import load_config, require
+from utils.run_folder import run_dir
 from utils.distributed import check_device
 from utils.errors import UserError
 

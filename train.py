@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from utils.config import OPTS_HELP
+from config import OPTS_HELP
 
 EXAMPLES = """examples:
   python train.py --cfg config/synthetic.yaml                 # the CPU demo on the embedded corpus
@@ -60,7 +60,8 @@ from models.layouts import load_backbones, load_checkpoint
 from models.pair_encoder import PairEncoder
 from models.settings import model_settings
 from utils import distributed
-from utils.config import ConfigError, load_config, require, seed_configs
+from config import ConfigError, load_config, require, seed_configs
+from config.resume import check_resume_config
 from utils.errors import UserError
 from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
                        seed_everything)
@@ -184,10 +185,11 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
                               f"{ctx.world_size} processes")
         device = distributed.device_of(cfg.device, ctx)
         requested = bool(resume or cfg.training.resume)
-        folder, lock, resume, changed = open_run_folder(cfg, resume, overridden, ctx)
+        folder, lock, resume, trained_with = open_run_folder(cfg, resume, ctx)
+        branching = check_resume_config(trained_with, cfg, overridden, resume)
         seed_everything(cfg.seed + ctx.rank, cfg.training.deterministic)
         prepare_if_needed(cfg, ctx)
-        return run(cfg, folder, resume, ctx, device, changed, requested)
+        return run(cfg, folder, resume, ctx, device, branching, requested)
     except Interrupted:  # every rank stops alike after a signal: nobody failed
         raise
     except Exception as e:
@@ -204,7 +206,7 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
 
 
 def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: torch.device,
-        changed: list[str] = (), resume_requested: bool = False) -> dict:
+        branching: list[str] = (), resume_requested: bool = False) -> dict:
     """The training loop, from the state the setup built to max_iter (or the plateau, or a signal).
 
     The run folder's config.yaml and run record are written only once every file the run starts from loaded."""
@@ -212,7 +214,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     dataset = TrainDataset(cfg)
     state = build_state(cfg, len(dataset), device)
     checkpoint = state.restore(resume, ctx.rank, device, load_checkpoint) if resume else None
-    state.run_id = distributed.on_main(begin_run, ctx, cfg, folder, resume, checkpoint, list(changed),
+    state.run_id = distributed.on_main(begin_run, ctx, cfg, folder, resume, checkpoint, list(branching),
                                        resume_requested)
     if resume:
         log.info("resumed from %s at iteration %d", resume, state.iteration + 1)

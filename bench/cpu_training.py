@@ -28,7 +28,7 @@ sys.path.insert(0, BENCH)
 
 from device_check import one_step, synthetic_batch  # noqa: E402
 from train import build_state  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from config import load_config  # noqa: E402
 
 SYNTHETIC = os.path.join(os.path.dirname(BENCH), "config", "synthetic.yaml")
 

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data.datasets import TrainDataset, train_loader  # noqa: E402
 from data.prepare import prepare  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from config import load_config  # noqa: E402
 
 
 class ReleaseDataset(TrainDataset):

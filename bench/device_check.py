@@ -52,7 +52,8 @@ from evaluation.extraction import embed_batches  # noqa: E402
 from evaluation.features import Features  # noqa: E402
 from evaluation.protocol import evaluate_list  # noqa: E402
 from utils import distributed  # noqa: E402
-from utils.config import config_to_dict, load_config  # noqa: E402
+from config import load_config  # noqa: E402
+from utils.run_folder import config_to_dict  # noqa: E402
 
 PAPER = os.path.join(ROOT, "config", "cfg.yaml")
 SYNTHETIC = os.path.join(ROOT, "config", "synthetic.yaml")

@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from losses import create_loss  # noqa: E402
 from models import build_model  # noqa: E402
-from utils.config import load_config  # noqa: E402
+from config import load_config  # noqa: E402
 
 PAPER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "cfg.yaml")
 # Dense peak TFLOPS (vendor data sheets, SXM parts): TF32 tensor cores serve float32 convolutions (cuDNN's

@@ -36,7 +36,7 @@ from data.scan import ROOT_KEYS, IdentityScanner
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
 from utils import distributed
-from utils.config import OPTS_HELP, load_config, require
+from config import OPTS_HELP, load_config, require
 from utils.errors import UserError
 
 LOCK_FILE = "prepare.lock"  # in dataset.lmdb_dir, holding the pid of the data.prepare writing there

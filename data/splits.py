@@ -14,7 +14,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from utils.config import ConfigError
+from config import ConfigError
 from utils.errors import UserError
 from utils.files import atomic_write
 

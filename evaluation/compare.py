@@ -21,7 +21,7 @@ from evaluation import metrics
 from evaluation.features import Features
 from evaluation.protocol import Result, evaluate, format_table, write_outputs
 from utils.checkpoint import latest_checkpoint
-from utils.config import load_config
+from config import load_config
 from utils.errors import UserError
 from utils.files import atomic_write
 

@@ -17,7 +17,8 @@ from data.splits import key_labels, read_split, split_path
 from evaluation.extraction import embed
 from evaluation.features import Features, FeaturesError, check_embeddings, read_features, save_features_file
 from models.settings import build_from_checkpoint
-from utils.config import config_to_dict, require, run_dir
+from config import require
+from utils.run_folder import config_to_dict, run_dir
 from utils.distributed import device_of
 from utils.errors import UserError
 

@@ -34,7 +34,7 @@ from data.lmdb_store import encode_or_reason
 from data.user_files import face_of, face_of_image, image_array_of, voice_of, voice_of_array
 from evaluation.extraction import embed_batches
 from models.settings import build_from_checkpoint, explicit_settings
-from utils.config import load_config
+from config import load_config
 from utils.distributed import device_of
 from utils.errors import UserError
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from losses import fused, reference
-from utils.config import DEFAULTS
+from config import DEFAULTS
 
 PAIRS = ("cross", "face", "voice")
 # (X, Y) of each pair as indices into the stack (face, face′, voice, voice′); direction 1 has anchors Y.

@@ -7,7 +7,7 @@ from torch import nn
 
 from models.face import FaceEncoder
 from models.voice import VoiceEncoder
-from utils.config import DEFAULTS
+from config import DEFAULTS
 
 
 class VoiceFaceModel(nn.Module):

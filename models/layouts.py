@@ -26,7 +26,7 @@ from torch import nn
 
 from models.face import InputNormalization
 from utils.checkpoint import OWN_FORMAT, read_checkpoint
-from utils.config import DEFAULTS
+from config import DEFAULTS
 from utils.errors import CheckpointError
 from utils.train_state import UNREADABLE, reason
 

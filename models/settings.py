@@ -18,7 +18,8 @@ from easydict import EasyDict
 from models import VoiceFaceModel, build_model
 from models.layouts import load_checkpoint
 from utils.checkpoint import OWN_FORMAT, read_checkpoint
-from utils.config import config_to_dict, setting
+from config import setting
+from utils.run_folder import config_to_dict
 from utils.errors import CheckpointError
 
 log = logging.getLogger(__name__)

@@ -33,7 +33,7 @@ def tiny_cfg(tiny_root):
 def short_run(tmp_path_factory) -> dict:
     """train.py from nothing: the corpus root, the opts, the training summary and the run folder of a short run."""
     from train import train
-    from utils.config import load_config
+    from config import load_config
 
     output = tmp_path_factory.mktemp("short_run")
     root = str(output / "corpus")

@@ -5,7 +5,8 @@ import sys
 
 import yaml
 
-from utils.config import config_to_dict, load_config
+from config import load_config
+from utils.run_folder import config_to_dict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")  # reference values, copied from the release's outputs

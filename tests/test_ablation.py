@@ -11,7 +11,7 @@ import yaml
 
 from helpers import ROOT, save_config
 from losses import create_loss
-from utils.config import ConfigError, load_config
+from config import ConfigError, load_config
 
 ABLATION = os.path.join(ROOT, "config", "ablation")
 ARMS = {"aasm": dict(bcr_enabled=False, ie_enabled=False, objective="aasm"), "aasm_bcr": dict(ie_enabled=False, bcr_enabled=True),

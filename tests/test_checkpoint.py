@@ -13,7 +13,7 @@ from losses import ArchetypeAgnosticLoss
 from models import build_model
 from models.layouts import load_checkpoint, load_pretrained_face, load_pretrained_voice
 from utils.checkpoint import CheckpointError, latest_checkpoint, prune_checkpoints, save_checkpoint
-from utils.config import load_config
+from config import load_config
 from utils.errors import UserError
 from utils.train_state import rng_state, set_rng_state
 

@@ -3,7 +3,8 @@ import logging
 import pytest
 import yaml
 
-from utils.config import ConfigError, config_to_dict, load_config
+from config import ConfigError, load_config
+from utils.run_folder import config_to_dict
 from utils.errors import CheckpointError
 from helpers import SYNTHETIC, save_config
 
@@ -124,7 +125,7 @@ def test_a_former_key_name_loads_with_a_warning_naming_the_new_key(tmp_path, cap
 
 
 def test_a_checkpoints_config_with_former_key_names_resumes(tmp_path):
-    from utils.train_state import check_resume_config
+    from config.resume import check_resume_config
 
     cfg = load_config(SYNTHETIC)
     saved = config_to_dict(cfg)

@@ -10,7 +10,7 @@ from data.scan import IdentityScanner
 from data.splits import (SPLIT_HEADER, Identity, assign_splits, key_labels, natural_key, read_meta,
                          read_split, read_split_file, split_of_ranges, split_path, write_split)
 from helpers import tiny_config
-from utils.config import DEFAULTS
+from config import DEFAULTS
 
 
 def _voxceleb_shaped_meta() -> tuple[list[Identity], set[str]]:

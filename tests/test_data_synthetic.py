@@ -10,7 +10,7 @@ import soundfile
 from data import synthetic
 from data.splits import read_meta, split_of_ranges
 from helpers import TINY_IDENTITIES
-from utils.config import load_config
+from config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

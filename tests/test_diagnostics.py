@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from losses import create_loss
 from losses.diagnostics import TrainingDiagnostics, loss_diagnostics, screening, weight_summary
-from utils.config import DEFAULTS
+from config import DEFAULTS
 from easydict import EasyDict
 
 

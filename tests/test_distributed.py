@@ -11,7 +11,7 @@ from models.pair_encoder import PairEncoder
 from train import embed
 from utils.distributed import gather_batch, wrap_module
 from utils import distributed
-from utils.config import load_config
+from config import load_config
 
 WORLD = 2
 ITERATION = 12  # past bcr_start_iter and a refresh iteration: BCR, IE weights and counters all take part

@@ -6,7 +6,7 @@ import pytest
 import test as evaluation
 from helpers import SYNTHETIC
 from train import train
-from utils.config import load_config
+from config import load_config
 
 
 def matching(results):

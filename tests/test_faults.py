@@ -11,7 +11,7 @@ import torch
 
 from helpers import ROOT, tiny_config, save_config
 from utils import distributed
-from utils.config import ConfigError
+from config import ConfigError
 from utils.files import WriteError, atomic_write, remove_stale_temporaries
 from utils.run_folder import LOCK_NAME
 from utils.train_state import resumable_checkpoint
@@ -174,7 +174,7 @@ def test_resume_auto_skips_bad_checkpoints_and_corrupt_files_are_one_line_errors
 
     for bad in ("checkpoint_8.pth.tar.rejected", "checkpoint_12.pth.tar.rejected"):  # empty, truncated: in-process
         with pytest.raises(CheckpointError, match=f"^{run / bad}: cannot be resumed"):
-            resolve_resume(str(run / bad), str(run), tiny_cfg, set())
+            resolve_resume(str(run / bad), str(run))
     one_line_error(train(path, "--opts", f"models.face.pretrained={rejected}"), str(rejected),
                    "models.face.pretrained")
 
@@ -229,7 +229,7 @@ def test_torchrun_refuses_to_prepare_data(tmp_path, monkeypatch):
 def test_paper_sized_encoders_without_pretrained_weights_are_warned_about(caplog):
     from models import build_model
     from models.layouts import load_backbones
-    from utils.config import load_config
+    from config import load_config
 
     released = load_config(os.path.join(ROOT, "config", "cfg.yaml"))
     model = torch.nn.Module()

@@ -13,7 +13,7 @@ from losses import InstanceEquilibrium, create_loss, fused
 from losses import reference
 from losses.fused import bidirectional_terms, pair_terms, pairwise_terms
 from losses.reference import nonzero_mean
-from utils.config import load_config
+from config import load_config
 
 CASES = torch.load(os.path.join(DATA, "loss_cases.pt"), weights_only=True)
 # Reference key 'term[A->C]': anchors A, candidates C.

@@ -7,7 +7,7 @@ from easydict import EasyDict
 from helpers import ROOT
 from models import build_model
 from models.face import FaceEncoder
-from utils.config import load_config
+from config import load_config
 
 SYNTHETIC = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))
 RELEASED = load_config(os.path.join(ROOT, "config", "cfg.yaml"))

@@ -21,7 +21,7 @@ from data.lmdb_store import BadInput
 from data.user_files import LARGE_AUDIO_BYTES, face_of, voice_of
 from helpers import ROOT, SYNTHETIC, tiny_opts
 from evaluation.matcher import VoiceFaceMatcher
-from utils.config import config_to_dict
+from utils.run_folder import config_to_dict
 
 SKIMAGE_DATA = os.path.join(os.path.dirname(importlib.util.find_spec("skimage").origin), "data")
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from helpers import ROOT, load_test_script
-from utils.config import load_config
+from config import load_config
 
 README = os.path.join(ROOT, "README.md")
 DOCUMENTS = [README, *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from losses import create_loss
-from utils.config import load_config
+from config import load_config
 from train import learning_rate, plateaued
 from utils.run import FiniteWatch, NonFiniteLoss
 

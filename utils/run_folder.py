@@ -21,6 +21,16 @@ CONFIG_NAME = "config.yaml"
 RECORD_NAME = "run.json"
 
 
+def run_dir(cfg) -> str:
+    """Folder of a run: checkpoints, logs, tensorboard events, results."""
+    return os.path.join(cfg.output_dir, cfg.exp_name)
+
+
+def config_to_dict(cfg: dict) -> dict:
+    """Plain nested dict of a config (for config.yaml and the checkpoints' record)."""
+    return {k: config_to_dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, (list, tuple)) else v)
+            for k, v in cfg.items()}
+
 class RunFolderBusy(UserError):
     """Another live training run holds the run folder's lock."""
 

@@ -21,11 +21,11 @@ from torch import nn
 
 from utils import distributed
 from utils.checkpoint import OWN_FORMAT, checkpoint_iteration, checkpoint_run, periodic_checkpoints, prune_checkpoints, read_checkpoint, save_checkpoint, set_aside
-from utils.config import config_to_dict, renamed, run_dir, setting
 from utils.errors import CheckpointError, UserError
 from utils.files import remove_stale_temporaries
 from utils.run import setup_logging
-from utils.run_folder import acquire_lock, read_run_record, release_lock, write_run_config, write_run_record
+from utils.run_folder import (acquire_lock, config_to_dict, read_run_record, release_lock, run_dir, write_run_config,
+                              write_run_record)
 
 log = logging.getLogger(__name__)
 train_log = logging.getLogger("train")  # the lines of train.log the run folder's set-up writes
@@ -213,43 +213,6 @@ def resumable_and_rejected(run_dir: str) -> tuple[str | None, list[str]]:
     return None, rejected
 
 
-# The data a run trains and validates on: its folders, and its split.
-DATA_FOLDERS = ("dataset.audio_data_dir", "dataset.image_data_dir", "dataset.meta_file", "dataset.list_dir",
-                "dataset.lmdb_dir")
-DATA_KEYS = (*DATA_FOLDERS, "dataset.split_ranges", "dataset.split_file")
-# Keys that change what resuming continues: the model, the global batch and the schedule.
-RESUME_KEYS = ("seed", "models.embedding_dim", "models.face.units", "models.face.widths", "models.face.se",
-               "models.face.head_hidden", "models.voice.layers", "models.voice.filters", "models.voice.n_mels",
-               "models.voice.head_hidden", "training.batch_size", "training.max_iter", "training.lr",
-               "training.lr_steps", "training.lr_gamma", "training.momentum", "training.weight_decay",
-               "training.crop_seconds", "training.bcr_start_iter", "training.ie_start_iter", "training.ie_refresh_iter",
-               "training.ie_enabled", "training.bcr_hinge", "training.temperature", "training.bcr_anchor_margin",
-               "training.bcr_margin",
-               *DATA_KEYS)
-# Keys whose change (set with --opts) continues the same run: a longer schedule, the data moved elsewhere.
-# Any other change of RESUME_KEYS starts a branch of its own.
-CONTINUING_KEYS = ("training.max_iter", *DATA_FOLDERS)
-
-
-def check_resume_config(saved: dict | None, cfg, overridden: set[str], path: str) -> list[str]:
-    """Refuse to resume with a model, batch, schedule or data other than the checkpoint's, unless set with
-    --opts; returns the keys changed that way."""
-    if not saved:
-        return []
-    saved = renamed(saved, path, warn=False)  # a checkpoint written before the keys got their names
-    current = config_to_dict(cfg)
-    changed = [k for k in RESUME_KEYS if setting(saved, k) != setting(current, k)]
-    changed_silently = [k for k in changed if not any(o == k or o.startswith(k + ".") for o in overridden)]
-    if changed_silently:
-        details = ", ".join(f"{k} (checkpoint {setting(saved, k)!r}, config {setting(current, k)!r})"
-                            for k in changed_silently)
-        raise CheckpointError(f"{path}: the config differs from the checkpoint's in {details}; resume with the "
-                              "checkpoint's values, or set the new ones explicitly with --opts")
-    if changed:
-        log.warning("resuming %s with changed %s (set with --opts)", path, ", ".join(changed))
-    return changed
-
-
 class OtherRunInFolder(UserError):
     """A fresh run was started in a folder that holds another run's checkpoints."""
 
@@ -257,14 +220,15 @@ class OtherRunInFolder(UserError):
 BEST_NAME = "checkpoint_best.pth.tar"
 
 
-def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, changed: list[str],
+def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, branching: list[str],
               resume_requested: bool) -> str:
     """This run's id, once its checkpoint and pretrained files have loaded (rank 0); config.yaml and the run
     record written.
 
     A fresh run gets a new id and refuses a folder holding checkpoints unless a resume was asked for. A resumed
     run continues the checkpoint's id when the checkpoint is the newest of its run in the folder and nothing but
-    CONTINUING_KEYS changed; otherwise it is a branch with a new id, its parent recorded.
+    max_iter and the data folders changed (`branching`, from config.resume.check_resume_config, is empty);
+    otherwise it is a branch with a new id, its parent recorded.
     """
     if resumed is None:
         found = [os.path.basename(p) for p in periodic_checkpoints(folder) + [os.path.join(folder, BEST_NAME)]
@@ -278,7 +242,6 @@ def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, ch
         line, iteration = checkpoint.get("run"), checkpoint["iteration"]
         newer = [p for p in periodic_checkpoints(folder) if checkpoint_iteration(p) > iteration
                  and checkpoint_run(p) == line]
-        branching = [k for k in changed if k not in CONTINUING_KEYS]
         if line is None or newer or branching:
             run_id = secrets.token_hex(4)
             parent = {"run": line, "iteration": iteration, "path": os.path.abspath(resumed)}
@@ -296,40 +259,39 @@ def begin_run(cfg, folder: str, resumed: str | None, checkpoint: dict | None, ch
 # ---------------------------------------------------------------------------
 # The run folder and its checkpoints (called on every rank: they hold collectives)
 # ---------------------------------------------------------------------------
-def resolve_resume(resume: str | None, folder: str, cfg, overridden: set[str]) -> tuple[str | None, list[str]]:
+def resolve_resume(resume: str | None, folder: str) -> tuple[str | None, dict | None]:
     """The checkpoint to continue from ('auto': the newest good one of the run folder's latest run; the files it
-    rejects are moved aside as *.rejected), its config checked; returns (path, keys changed with --opts)."""
+    rejects are moved aside as *.rejected); returns (path, the config it was trained with)."""
     if resume == "auto":
         resume, rejected = resumable_and_rejected(folder)
         for path in rejected:
             set_aside(path, path + ".rejected")
         if resume is None:
             train_log.info("--resume auto: no usable checkpoint in %s, starting fresh", folder)
-            return None, []
+            return None, None
     if not resume:
-        return None, []
+        return None, None
     if not os.path.isfile(resume):
         raise CheckpointError(f"--resume: checkpoint file not found: {resume}")
     try:
         saved = read_checkpoint(resume)
     except CheckpointError as e:
         raise CheckpointError(f"{resume}: cannot be resumed: {str(e).removeprefix(f'{resume}: ')}") from None
-    changed = check_resume_config(saved.get("config") if isinstance(saved, dict) else None, cfg, overridden, resume)
-    return resume, changed
+    return resume, saved.get("config") if isinstance(saved, dict) else None
 
 
-def open_run_folder(cfg, resume: str | None, overridden: set[str], ctx: distributed.Context) -> tuple:
+def open_run_folder(cfg, resume: str | None, ctx: distributed.Context) -> tuple:
     """Rank 0 locks the run folder, cleans it and picks the checkpoint; all ranks learn it.
 
-    Returns (folder, lock, checkpoint path or None, keys changed with --opts)."""
+    Returns (folder, lock, checkpoint path or None, the config that checkpoint was trained with or None)."""
     folder = run_dir(cfg)
     lock = distributed.on_main(acquire_lock, ctx, folder)
     try:
         setup_logging(folder, ctx.is_main)
 
-        def on_main() -> tuple[str | None, list[str]]:
+        def on_main() -> tuple[str | None, dict | None]:
             remove_stale_temporaries(folder)
-            return resolve_resume(resume or cfg.training.resume, folder, cfg, overridden)
+            return resolve_resume(resume or cfg.training.resume, folder)
 
         return (folder, lock, *distributed.on_main(on_main, ctx))
     except BaseException:

@@ -167,7 +167,7 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 SEED_LIMIT = 2**32  # numpy's legacy seeds (and the loaders' worker seeds) are 32-bit
 # The voice encoder's analysis window (n_fft of models/voice.py): a clip or crop shorter than it cannot be embedded.
 VOICE_WINDOW_SAMPLES = 512
-CONFIG_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config")
+CONFIG_FOLDER = os.path.dirname(os.path.abspath(__file__))  # the shipped configs; a base may not leave it
 MAX_BASE_DEPTH = 32
 
 CHOICES: dict[str, tuple] = {
@@ -259,7 +259,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 OPTS_HELP = ("config overrides, `section.key=value` (e.g. training.lr=1e-3 dataset.num_workers=8); every key, "
-             "with its default and meaning, is listed in DEFAULTS of utils/config.py; values are type-checked")
+             "with its default and meaning, is listed in DEFAULTS of config/loader.py; values are type-checked")
 
 
 def _flat_keys(tree: dict, prefix: str = "") -> list[str]:
@@ -522,17 +522,6 @@ def setting(tree: dict, key: str):
             return None
         tree = tree[part]
     return tree
-
-
-def config_to_dict(cfg: EasyDict) -> dict:
-    """Plain nested dict of a config (for YAML dumps and checkpoints)."""
-    return {k: config_to_dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, (list, tuple)) else v)
-            for k, v in cfg.items()}
-
-
-def run_dir(cfg: EasyDict) -> str:
-    """Folder of a run: checkpoints, logs, tensorboard events, results."""
-    return os.path.join(cfg.output_dir, cfg.exp_name)
 
 
 def seed_configs(cfg: EasyDict, seeds: list[int] | None) -> list[EasyDict]:
