@@ -19,6 +19,12 @@ Writes `testing.result_path` (one `list value` line per list, in %), a JSON
 beside it with every value, its 95% interval and the provenance of the
 embeddings, and PNG plots (ROC curves, score histograms).
 
+    python test.py --inspect CHECKPOINT [--json] [--output FILE.json]
+
+With --inspect: print a checkpoint's method state (ours or the released one): its layout, the iteration it
+was saved at, the IE counters and weights and whether the weights are normalised, and for ours the training
+switches it was trained with (evaluation/inspect_checkpoint.py). No config needed.
+
 With --compare: evaluate each RUN (a run folder or a folder of seed<k> runs) on
 the lists of CFG where not done yet and compare them against the first RUN
 (evaluation/compare.py).
@@ -37,6 +43,7 @@ EXAMPLES = """examples:
   python test.py --cfg config/cfg.yaml --features features_test.pt
   python test.py --cfg config/synthetic.yaml --voice clip.wav --faces a.jpg b.jpg --plot match.png
   python test.py --cfg config/synthetic.yaml --compare experiments/synthetic_aasm experiments/synthetic --output cmp.json
+  python test.py --inspect experiments/synthetic/checkpoint_best.pth.tar   # layout, iteration, IE weights
 
 writes, in <output_dir>/<exp_name>/: features_<split>.npz (the embeddings cache), results_<split>.txt,
 results_<split>.json (values, 95% intervals, list checksums, provenance), results_<split>_roc.png and
@@ -47,13 +54,17 @@ results_<split>_scores.png; it prints the results table in the README's format. 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cfg", required=True, help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml")
+    parser.add_argument("--cfg", help="YAML config, e.g. config/cfg.yaml or config/synthetic.yaml (required "
+                                      "but with --inspect)")
     parser.add_argument("--features", help="evaluate this features file (released .pt or compact .npz) instead of a model")
     parser.add_argument("--opts", nargs="*", default=[], metavar="KEY=VALUE", help=OPTS_HELP)
     parser.add_argument("--compare", nargs="+", metavar="RUN",
                         help="compare runs (run folders, or folders of seed<k> runs), the first the baseline")
     parser.add_argument("--output", metavar="FILE",
-                        help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV")
+                        help="--compare: JSON (a plot beside it); --voice/--face: JSON; --pairs: CSV; --inspect: JSON")
+    parser.add_argument("--inspect", metavar="CHECKPOINT",
+                        help="print the method state a checkpoint holds (layout, iteration, IE weights, switches)")
+    parser.add_argument("--json", action="store_true", help="--inspect: print the numbers as JSON")
     parser.add_argument("--model-from-config", action="store_true",
                         help="build the encoders from the config's models.* (and dataset.sample_rate / image_size), "
                              "not from the settings the checkpoint records")
@@ -100,15 +111,31 @@ def own_files_requested(args: argparse.Namespace, parser: argparse.ArgumentParse
     return bool(modes)
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; --inspect stands alone, every other use needs --cfg."""
+    args = parser.parse_args(argv)
+    if args.inspect:
+        others = [flag for flag, value in (("--cfg", args.cfg), ("--compare", args.compare),
+                                           ("--features", args.features), ("--opts", args.opts), ("--voice", args.voice),
+                                           ("--face", args.face), ("--pairs", args.pairs)) if value]
+        if others:
+            parser.error(f"--inspect reads one checkpoint; it does not go with {', '.join(others)}")
+    elif not args.cfg:
+        parser.error("the following arguments are required: --cfg (or --inspect CHECKPOINT)")
+    elif args.json:
+        parser.error("--json goes with --inspect")
+    return args
+
+
 if __name__ == "__main__":
-    build_parser().parse_args()  # --help and usage errors answer before the imports below (seconds of torch)
+    parse_arguments(build_parser())  # --help and usage errors answer before the imports below (seconds of torch)
 
 # The evaluation's imports, after the command line is known to be valid (flake8: E402 by design).
 import os
 
 from data.lists import ListError, evaluation_lists, list_path
 from data.provenance import changed_lists
-from evaluation import own_files
+from evaluation import inspect_checkpoint, own_files
 from evaluation.features import read_features
 from evaluation.list_features import checkpoint_of, model_features
 from evaluation.protocol import Result, evaluate, format_table, write_outputs
@@ -147,9 +174,11 @@ def check_outputs(args: argparse.Namespace, cfg) -> None:
             raise UserError(f"{option} {path}: cannot be written: {folder} is not a writable folder")
 
 
-def main(argv: list[str] | None = None) -> list[Result] | dict:
+def main(argv: list[str] | None = None) -> list[Result] | dict | inspect_checkpoint.MethodState:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_arguments(parser, argv)
+    if args.inspect:
+        return inspect_checkpoint.run(args.inspect, args.output, args.json)
     cfg = load_config(args.cfg, args.opts)
     explicit = explicit_settings(args.opts, args.model_from_config)  # model settings to take from the config
     if not args.features:

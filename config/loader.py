@@ -63,7 +63,9 @@ DEFAULTS: dict[str, Any] = {
         "clip_seconds": 10.0,
         "num_workers": 4,
         # The embedded corpus: when `root` is set, data.prepare generates it there first.
-        "synthetic": {"root": None, "identities": 300, "seed": 0},
+        # off_archetype_fraction: the share of identities whose face is drawn apart from their voice's
+        # attributes (docs/data.md); 0 writes the corpus as before.
+        "synthetic": {"root": None, "identities": 300, "seed": 0, "off_archetype_fraction": 0.0},
     },
     "models": {
         "embedding_dim": 128,
@@ -221,6 +223,7 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "dataset.num_workers": _at_least(0),
     "dataset.synthetic.identities": _at_least(1),
     "dataset.synthetic.seed": SEED_RULE,
+    "dataset.synthetic.off_archetype_fraction": (lambda value: 0 <= value <= 1, "between 0 and 1"),
     "models.embedding_dim": _at_least(1),
     "models.face.units": _at_least(1),
     "models.face.widths": _at_least(1),

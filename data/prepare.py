@@ -207,6 +207,18 @@ def prepare(cfg: EasyDict, splits: tuple[str, ...] = SPLITS) -> None:
         _prepare(cfg, splits)
 
 
+def check_off_archetype(root: str, fraction: float) -> None:
+    """A corpus already under `root` must have the configured share of off-archetype identities: another share
+    is another corpus, which the config must give its own root."""
+    from data.synthetic.corpus import off_archetype_record
+
+    recorded = off_archetype_record(root)["fraction"]
+    if recorded != fraction:
+        raise UserError(f"dataset.synthetic.off_archetype_fraction: {fraction}, but the corpus in {root} was "
+                        f"generated with {recorded}; give dataset.synthetic.root (and the data_cache paths) "
+                        "another folder, or delete that corpus")
+
+
 def _prepare(cfg: EasyDict, splits: tuple[str, ...]) -> None:
     d = cfg.dataset
     start = time.time()
@@ -214,7 +226,10 @@ def _prepare(cfg: EasyDict, splits: tuple[str, ...]) -> None:
         from data.synthetic import generate_corpus  # scipy and OpenCV: imported only to generate the corpus
 
         print(f"generating the synthetic corpus ({d.synthetic.identities} identities) in {d.synthetic.root}")
-        generate_corpus(d.synthetic.root, d.synthetic.identities, d.synthetic.seed)
+        generate_corpus(d.synthetic.root, d.synthetic.identities, d.synthetic.seed,
+                        off_archetype_fraction=d.synthetic.off_archetype_fraction)
+    elif d.synthetic.root:
+        check_off_archetype(d.synthetic.root, d.synthetic.off_archetype_fraction)
     scanner = IdentityScanner(cfg)
     identities = make_splits(cfg, scanner, splits)
     make_stores(cfg, [i for s in splits for i in identities[s]], scanner)

@@ -200,13 +200,15 @@ def _load_released(model: nn.Module, state_dict: dict[str, torch.Tensor], equili
         # Ours is fixed, not loaded: the file must hold the same constant.
         if not torch.allclose(normalization[key], torch.full_like(normalization[key], expected)):
             raise ValueError(f"{path}: '{key}' is not the fixed (x − 127.5)/127.5 input normalisation")
-    counters = {k: state_dict.pop(k) for k in list(state_dict) if k.startswith(RELEASED_EQUILIBRIUM.source)}
+    released_counters = [k for k in state_dict if k.startswith(RELEASED_EQUILIBRIUM.source)]
+    counters = released_equilibrium(state_dict, path)
+    for key in released_counters:
+        del state_dict[key]
     weights, unused = _translate(state_dict, RELEASED_MODEL, path)
     _load_entries(model, weights, list(model.state_dict()), path)
     if equilibrium is None:
-        unused += list(counters)
+        unused += released_counters
     else:
-        counters, _ = _translate(counters, (RELEASED_EQUILIBRIUM,), path)
         _load_equilibrium(equilibrium, counters, path)
         if not torch.isfinite(equilibrium.identity_weights).all():
             # The release never fills its counters, so its first refresh leaves every weight NaN.
@@ -214,6 +216,23 @@ def _load_released(model: nn.Module, state_dict: dict[str, torch.Tensor], equili
             equilibrium.identity_weights.copy_(torch.where(torch.isfinite(equilibrium.identity_weights),
                                                            equilibrium.identity_weights, 1.0))
     log.info("%s: skipped %d keys the method does not use: %s", path, len(unused), ", ".join(unused))
+
+
+def released_equilibrium(state_dict: dict, path: str) -> dict[str, torch.Tensor]:
+    """The IE state under `eqm.` of a released state_dict, by our buffer names (empty when it holds none)."""
+    counters = {k: v for k, v in state_dict.items() if str(k).startswith(RELEASED_EQUILIBRIUM.source)}
+    return _translate(counters, (RELEASED_EQUILIBRIUM,), path)[0]
+
+
+def released_layout(checkpoint: dict, path: str) -> tuple[dict, str]:
+    """A released file's state_dict (its `start_it` wrapper and `module.` prefix removed) and the layout's name;
+    a layout error naming the file when it is not one."""
+    wrapped = isinstance(checkpoint.get("state_dict"), dict) and "start_it" in checkpoint
+    state_dict, stripped = strip_data_parallel(checkpoint["state_dict"] if wrapped else checkpoint)
+    if not any(str(k).startswith((FACE_SECTION.source, VOICE_SECTION.source)) for k in state_dict):
+        raise _layout_error(path, list(state_dict), OWN_LAYOUTS)
+    layout = "the release's checkpoint" if wrapped else "the release's bare state_dict"
+    return state_dict, _with_prefix_note(layout, stripped)
 
 
 def _load_equilibrium(equilibrium: nn.Module, entries: dict[str, torch.Tensor], path: str) -> None:
@@ -243,12 +262,7 @@ def load_checkpoint(model: nn.Module, path: str, equilibrium: nn.Module | None =
                 raise KeyError(f"{path}: holds no 'equilibrium' state to restore")
             _load_equilibrium(equilibrium, strip_data_parallel(checkpoint["equilibrium"])[0], path)
     else:
-        wrapped = isinstance(checkpoint.get("state_dict"), dict) and "start_it" in checkpoint
-        state_dict, stripped = strip_data_parallel(checkpoint["state_dict"] if wrapped else checkpoint)
-        if not any(str(k).startswith((FACE_SECTION.source, VOICE_SECTION.source)) for k in state_dict):
-            raise _layout_error(path, list(state_dict), OWN_LAYOUTS)
-        layout = _with_prefix_note("the release's checkpoint" if wrapped else "the release's bare state_dict",
-                                   stripped)
+        state_dict, layout = released_layout(checkpoint, path)
         _load_released(model, dict(state_dict), equilibrium, path)
     log.info("%s: loaded; layout: %s", path, layout)
     return checkpoint

@@ -18,7 +18,11 @@ ARMS = {"aasm": dict(bcr_enabled=False, ie_enabled=False, objective="aasm"), "aa
         "aasm_bcr_ie": dict(ie_enabled=True, bcr_enabled=True, bcr_gradient="full", objective="aasm"),
         "release": dict(bcr_gradient="none", ie_application="batch", bcr_enabled=True),
         "ie_mean": dict(ie_normalization="mean", ie_application="row"), "ie_broadcast": dict(ie_application="batch"),
-        "infonce": dict(objective="infonce")}
+        "infonce": dict(objective="infonce"),
+        "bcr_nonzero": dict(ie_enabled=False, bcr_enabled=True, bcr_row_average="nonzero"),
+        "bcr_matched_weight": dict(ie_enabled=False, bcr_row_average="nonzero", bcr_weight=27.0)}
+# Arms on a corpus of their own (synthetic only): the synthetic corpus with off-archetype identities.
+OFF_ARCHETYPE_ARMS = {"off_archetype_aasm": ARMS["aasm"], "off_archetype_aasm_bcr_ie": ARMS["aasm_bcr_ie"]}
 # Beyond its arm's flags, a config on VoxCeleb1 may restore the release's schedule.
 VOX1_EXTRA = {"release": dict(plateau_patience=5)}
 
@@ -60,7 +64,8 @@ def test_base_errors_name_the_files(tmp_path):
 
 def test_ablation_configs_are_exactly_the_arms_on_both_bases():
     names = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ABLATION, "*.yaml")))
-    assert names == sorted(f"{corpus}_{arm}.yaml" for corpus in ("synthetic", "vox1") for arm in ARMS)
+    assert names == sorted([f"{corpus}_{arm}.yaml" for corpus in ("synthetic", "vox1") for arm in ARMS] +
+                           [f"synthetic_{arm}.yaml" for arm in OFF_ARCHETYPE_ARMS])
     for corpus, base in (("synthetic", "synthetic.yaml"), ("vox1", "cfg.yaml")):
         reference = load_config(os.path.join(ROOT, "config", base))
         for arm, flags in ARMS.items():
@@ -73,6 +78,22 @@ def test_ablation_configs_are_exactly_the_arms_on_both_bases():
             assert cfg.models == reference.models and cfg.dataset == reference.dataset
     assert load_config(os.path.join(ABLATION, "synthetic_aasm_bcr_ie.yaml")).training == \
         load_config(os.path.join(ROOT, "config", "synthetic.yaml")).training  # the default method
+
+
+def test_off_archetype_arms_change_only_the_corpus_and_their_arm():
+    reference = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))
+    roots = set()
+    for arm, flags in OFF_ARCHETYPE_ARMS.items():
+        cfg = load_config(os.path.join(ABLATION, f"synthetic_{arm}.yaml"))
+        assert cfg.exp_name == f"synthetic_{arm}" and cfg.dataset.synthetic.off_archetype_fraction == 0.3
+        assert {k: cfg.training[k] for k in flags} == flags
+        assert {k for k in cfg.training if cfg.training[k] != reference.training[k]} <= set(flags)
+        assert cfg.models == reference.models
+        paths = [cfg.dataset[k] for k in ("audio_data_dir", "image_data_dir", "meta_file", "list_dir", "lmdb_dir")]
+        root = cfg.dataset.synthetic.root
+        assert root != reference.dataset.synthetic.root and all(p.startswith(root + "/") for p in paths)
+        roots.add(root)
+    assert len(roots) == 1  # both arms train and test on one corpus
 
 
 def embeddings(size=6, seed=0):

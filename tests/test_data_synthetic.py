@@ -5,6 +5,7 @@ import re
 
 import cv2
 import numpy as np
+import pytest
 import soundfile
 
 from data import synthetic
@@ -132,3 +133,83 @@ def test_pitch_of_the_signal_follows_the_persona():
     low_f0 = _f0(synthetic.synthesize_clip(low, channel, 3.0, rng))
     high_f0 = _f0(synthetic.synthesize_clip(high, channel, 3.0, rng))
     assert abs(np.log(low_f0 / low.f0)) < 0.25 and abs(np.log(high_f0 / high.f0)) < 0.25
+
+
+# sha256 over the relative names and bytes of every file of this tiny corpus, computed with the code before
+# `off_archetype_fraction` existed: the default corpus must stay byte for byte what it was.
+DEFAULT_CORPUS_DIGEST = "0e95775c84565c4d84dfce8dcf0b2ee42cedcac49e76f773313b092ac5af062a"
+
+
+def _digest(root: str) -> str:
+    digest = hashlib.sha256()
+    for name in _files(root):
+        digest.update(name.encode())
+        with open(os.path.join(root, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def test_default_corpus_is_unchanged_by_the_off_archetype_knob(tmp_path):
+    small = dict(clips=(1, 1), images=(1, 1), seconds=(0.3, 0.4), workers=1)
+    synthetic.generate_corpus(str(tmp_path / "default"), 12, seed=5, **small)
+    synthetic.generate_corpus(str(tmp_path / "zero"), 12, seed=5, off_archetype_fraction=0.0, **small)
+    assert _digest(str(tmp_path / "default")) == _digest(str(tmp_path / "zero")) == DEFAULT_CORPUS_DIGEST
+    assert not os.path.exists(tmp_path / "default" / synthetic.corpus.OFF_ARCHETYPE_FILE)
+    assert synthetic.corpus.off_archetype_ids(str(tmp_path / "default")) == set()
+
+
+def test_off_archetype_identities_are_recorded_and_only_their_faces_change(tmp_path):
+    small = dict(clips=(1, 1), images=(1, 1), seconds=(0.3, 0.4), workers=1)
+    default, off = str(tmp_path / "default"), str(tmp_path / "off")
+    synthetic.generate_corpus(default, 12, seed=5, **small)
+    synthetic.generate_corpus(off, 12, seed=5, off_archetype_fraction=0.5, **small)
+    record = synthetic.corpus.off_archetype_record(off)
+    faceless = synthetic.people._faceless(12)  # 1 of 12: the fraction is of the 11 with faces
+    assert record["fraction"] == 0.5 and record["seed"] == 5 and len(record["identities"]) == round(0.5 * 11)
+    chosen = synthetic.corpus.off_archetype_ids(off)
+    assert not {f"id{i + 1:05d}" for i in faceless} & chosen
+    before, after = _hashes(default), _hashes(off)
+    for name, digest in before.items():
+        identity = name.split(os.sep)[1] if name.startswith(("wav", "VGG")) else None
+        face_of_chosen = name.startswith("VGG") and any(
+            synthetic.sample_persona(int(v[2:]) - 1, 12, 5).name == identity for v in chosen)
+        assert (after[name] != digest) == face_of_chosen or name == "contact_sheet.png", name
+    assert set(after) - set(before) == {synthetic.corpus.OFF_ARCHETYPE_FILE}
+    assert read_meta(os.path.join(default, "vox1_meta.csv")) == read_meta(os.path.join(off, "vox1_meta.csv"))
+
+
+def test_off_archetype_faces_do_not_follow_their_voices():
+    """Body size shows in the voice (vocal tract) and the face (width) of ordinary identities; an off-archetype
+    face is drawn apart: no such link, same gender, same voice."""
+    people = [synthetic.sample_persona(i, 2000, 0) for i in range(2000)]
+    off = [synthetic.sample_persona(i, 2000, 0, off_archetype=True) for i in range(2000)]
+    assert all(p.gender == q.gender and p.f0 == q.f0 and p.vtl == q.vtl and p.nation == q.nation and q.off_archetype
+               for p, q in zip(people, off))
+    male = np.array([p.gender == "m" for p in people])
+    vtl = np.array([p.vtl for p in people])
+    for group in (male, ~male):
+        linked = np.corrcoef(vtl[group], [p.face_width for p, g in zip(people, group) if g])[0, 1]
+        unlinked = np.corrcoef(vtl[group], [q.face_width for q, g in zip(off, group) if g])[0, 1]
+        assert linked > 0.5 and abs(unlinked) < 0.1
+    assert np.mean([q.face_width for q, m in zip(off, male) if m]) > np.mean([q.face_width for q, m in zip(off, male)
+                                                                               if not m])
+
+
+def test_off_archetype_share_is_exact_and_nested():
+    """The chosen identities are the first by their own stream: a larger share keeps the smaller one's."""
+    small, large = (synthetic.people.off_archetype_indices(300, 0, f) for f in (0.1, 0.3))
+    assert len(small) == round(0.1 * 294) and len(large) == round(0.3 * 294) and small < large
+    assert synthetic.people.off_archetype_indices(300, 0, 0.0) == set()
+
+
+def test_off_archetype_fraction_in_the_config(tmp_path):
+    from data.prepare import check_off_archetype
+    from utils.errors import ConfigError, UserError
+
+    cfg = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))
+    assert cfg.dataset.synthetic.off_archetype_fraction == 0.0
+    with pytest.raises(ConfigError, match="dataset.synthetic.off_archetype_fraction.*between 0 and 1"):
+        load_config(os.path.join(ROOT, "config", "synthetic.yaml"), ["dataset.synthetic.off_archetype_fraction=1.5"])
+    check_off_archetype(str(tmp_path), 0.0)  # a corpus without the record has none
+    with pytest.raises(UserError, match=f"0.3, but the corpus in {tmp_path} was generated with 0.0"):
+        check_off_archetype(str(tmp_path), 0.3)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import string
 import time
@@ -14,12 +15,14 @@ import soundfile
 from tqdm import tqdm
 
 from data.synthetic.faces import draw_face
-from data.synthetic.people import NATIONALITIES, Persona, TEST_SET_AT, VIDEOS, sample_persona
+from data.synthetic.people import NATIONALITIES, Persona, TEST_SET_AT, VIDEOS, off_archetype_indices, sample_persona
 from data.synthetic.voices import SAMPLE_RATE, sample_channel, short_time_fft, synthesize_clip
 from utils.files import atomic_write
 
 
 META_HEADER = ("VoxCeleb1 ID", "VGGFace1 ID", "Gender", "Nationality", "Set")
+# Written beside the meta file when the corpus has off-archetype identities: {"fraction", "seed", "identities"}.
+OFF_ARCHETYPE_FILE = "off_archetype.json"
 
 # ---------------------------------------------------------------------------
 # Corpus
@@ -76,6 +79,29 @@ def write_meta(path: str, personas: list[Persona]) -> None:
                              "test" if lo <= p.index < hi else "dev"])
 
 
+def write_off_archetype(root: str, personas: list[Persona], fraction: float, seed: int) -> None:
+    """The off-archetype identities' VoxCeleb1 ids, so that evaluation can tell them apart."""
+    record = {"fraction": fraction, "seed": seed, "identities": [p.vox_id for p in personas if p.off_archetype]}
+    with atomic_write(os.path.join(root, OFF_ARCHETYPE_FILE)) as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")
+
+
+def off_archetype_record(root: str) -> dict:
+    """What the corpus under `root` records of its off-archetype identities ({"fraction": 0.0, "identities": []}
+    for a corpus without them)."""
+    path = os.path.join(root, OFF_ARCHETYPE_FILE)
+    if not os.path.exists(path):
+        return {"fraction": 0.0, "identities": []}
+    with open(path) as f:
+        return json.load(f)
+
+
+def off_archetype_ids(root: str) -> set[str]:
+    """The VoxCeleb1 ids of the corpus' off-archetype identities (empty for the default corpus)."""
+    return set(off_archetype_record(root)["identities"])
+
+
 def contact_sheet(root: str, personas: list[Persona], path: str, rows: int = 6) -> None:
     """A PNG with, per identity, three of its faces beside the spectrogram of one of its clips."""
     height = 120
@@ -107,9 +133,12 @@ def contact_sheet(root: str, personas: list[Persona], path: str, rows: int = 6) 
 
 def generate_corpus(root: str, identities: int = 300, seed: int = 0, *, clips: tuple[int, int] = (6, 10),
                     images: tuple[int, int] = (6, 10), seconds: tuple[float, float] = (3.0, 8.0),
-                    workers: int | None = None) -> None:
-    """Write the synthetic corpus under `root` (meta file last: its presence means complete)."""
-    personas = [sample_persona(i, identities, seed) for i in range(identities)]
+                    workers: int | None = None, off_archetype_fraction: float = 0.0) -> None:
+    """Write the synthetic corpus under `root` (meta file last: its presence means complete).
+    `off_archetype_fraction`: the share of identities with faces whose face disagrees with their voice
+    (data/synthetic/people.py); recorded in OFF_ARCHETYPE_FILE when above 0."""
+    off = off_archetype_indices(identities, seed, off_archetype_fraction)
+    personas = [sample_persona(i, identities, seed, off_archetype=i in off) for i in range(identities)]
     _unique_names(personas)
     os.makedirs(root, exist_ok=True)
     jobs = [(root, p, seed, clips, images, seconds) for p in personas]
@@ -125,6 +154,8 @@ def generate_corpus(root: str, identities: int = 300, seed: int = 0, *, clips: t
             bar.update()
     bar.close()
     contact_sheet(root, personas, os.path.join(root, "contact_sheet.png"))
+    if off_archetype_fraction > 0:
+        write_off_archetype(root, personas, off_archetype_fraction, seed)
     write_meta(os.path.join(root, "vox1_meta.csv"), personas)
 
 
@@ -134,8 +165,12 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="corpus root folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--identities", type=int, default=300)
+    parser.add_argument("--off-archetype-fraction", type=float, default=0.0, metavar="F",
+                        help="share of identities (0..1) whose face is drawn apart from their voice's attributes")
     args = parser.parse_args()
+    if not 0 <= args.off_archetype_fraction <= 1:
+        parser.error("--off-archetype-fraction must be between 0 and 1")
     start = time.time()
-    generate_corpus(args.out, args.identities, args.seed)
+    generate_corpus(args.out, args.identities, args.seed, off_archetype_fraction=args.off_archetype_fraction)
     print(f"wrote {args.identities} identities to {args.out} in {time.time() - start:.0f} s")
 

@@ -4,6 +4,7 @@ The constants under "The cross-modal link" say how strongly each shared attribut
 raise a slope or lower a spread to make voice-face matching easier."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -67,6 +68,15 @@ FACELESS_PER_300 = 6  # identities with no face folder (half) or an empty one (h
 FACELESS_AT = (0.05, 0.10, 0.20, 0.27, 0.50, 0.80)
 TEST_SET_AT = (0.215, 0.247)  # the Set column says `test` for this slice of ids, as VoxCeleb1
 
+# Off-archetype identities (`dataset.synthetic.off_archetype_fraction`): their face is drawn from attributes
+# re-sampled apart from their voice's (same gender), so voice and face disagree with the population's link.
+# Their draws come from the identity's stream [seed, index, OFF_ARCHETYPE_STREAM] (1 draws its files), so
+# the fraction 0 draws nothing and leaves every other identity as it was.
+OFF_ARCHETYPE_STREAM = 2
+# What an off-archetype identity takes from its face's draw: the shared attributes its face shows, then the face.
+FACE_FIELDS = ("body", "age", "face_width", "jaw", "skin", "hair", "hair_long", "bald", "beard", "lipstick",
+               "eye_colour", "eye_gap", "eye_size", "brow", "nose", "mouth", "glasses", "wrinkles")
+
 
 HAIR_COLOURS = np.array([(20, 20, 25), (30, 45, 75), (40, 70, 120), (80, 140, 200), (40, 70, 160),
                          (60, 60, 60)], np.float32)  # BGR: black, dark brown, brown, blonde, red, ash
@@ -79,7 +89,10 @@ GREY_HAIR = np.array([185, 185, 190], np.float32)
 
 @dataclass
 class Persona:
-    """One made-up identity: shared attributes first, then modality-only ones."""
+    """One made-up identity: shared attributes first, then modality-only ones.
+
+    Off-archetype (the last field): `body`, `age` and the face's fields are those of a second draw of the same
+    gender; the voice's fields, `nation` (the meta file's) and the name stay the first draw's."""
 
     index: int
     vox_id: str
@@ -116,6 +129,7 @@ class Persona:
     mouth: float
     glasses: bool
     wrinkles: float
+    off_archetype: bool = False
 
 
 def _age_z(age: float) -> float:
@@ -132,10 +146,33 @@ def _name(rng: np.random.Generator) -> str:
     return f"{word(2)}_{word(int(rng.integers(2, 4)))}"
 
 
-def sample_persona(index: int, identities: int, seed: int) -> Persona:
-    """Draw identity `index` (0-based) from its own stream: the same person at any corpus size."""
-    rng = np.random.default_rng([seed, index])
-    gender = "m" if rng.random() < MALE_SHARE else "f"
+def sample_persona(index: int, identities: int, seed: int, off_archetype: bool = False) -> Persona:
+    """Draw identity `index` (0-based) from its own stream: the same person at any corpus size. `off_archetype`:
+    its face from a second draw of the same gender ([seed, index, OFF_ARCHETYPE_STREAM], after the number
+    `off_archetype_indices` ranks it by)."""
+    persona = _draw_persona(index, identities, np.random.default_rng([seed, index]))
+    if not off_archetype:
+        return persona
+    rng = np.random.default_rng([seed, index, OFF_ARCHETYPE_STREAM])
+    rng.random()  # the identity's rank among the candidates (off_archetype_indices)
+    face = _draw_persona(index, identities, rng, gender=persona.gender)
+    return dataclasses.replace(persona, off_archetype=True, **{k: getattr(face, k) for k in FACE_FIELDS})
+
+
+def off_archetype_indices(identities: int, seed: int, fraction: float) -> set[int]:
+    """The round(fraction × identities with faces) identities ranked first by their own off-archetype stream."""
+    if fraction <= 0:
+        return set()
+    faceless = _faceless(identities)
+    candidates = [i for i in range(identities) if i not in faceless]
+    rank = {i: np.random.default_rng([seed, i, OFF_ARCHETYPE_STREAM]).random() for i in candidates}
+    return set(sorted(candidates, key=rank.__getitem__)[:round(fraction * len(candidates))])
+
+
+def _draw_persona(index: int, identities: int, rng: np.random.Generator, gender: str | None = None) -> Persona:
+    """A persona from `rng`'s draws; `gender` fixes the gender (the draw for it still happens)."""
+    drawn = "m" if rng.random() < MALE_SHARE else "f"
+    gender = gender or drawn
     shares = np.array([n[1] for n in NATIONALITIES])
     nation = int(rng.choice(len(NATIONALITIES), p=shares / shares.sum()))
     _, _, skin_tone, f1_mult, f2_mult, _ = NATIONALITIES[nation]
