@@ -29,7 +29,7 @@ esac
 
 # A value of a config (a Python expression of its training section `t` and the config `c`).
 config_value() {
-  $PYTHON -c "import sys; from utils.config import load_config; c = load_config(sys.argv[1], sys.argv[3:]); \
+  $PYTHON -c "import sys; from config import load_config; c = load_config(sys.argv[1], sys.argv[3:]); \
 t = c.training; v = eval(sys.argv[2]); print(str(v).lower() if isinstance(v, bool) else v)" "$@"
 }
 

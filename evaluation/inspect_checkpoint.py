@@ -19,9 +19,9 @@ from typing import IO, Any
 
 import torch
 
+from config import renamed
 from models.layouts import released_equilibrium, released_layout, strip_data_parallel
 from utils.checkpoint import OWN_FORMAT, read_checkpoint
-from utils.config import renamed
 from utils.errors import CheckpointError, UserError
 from utils.files import atomic_write
 

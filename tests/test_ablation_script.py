@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from helpers import ROOT, load_test_script
-from utils.config import load_config
+from config import load_config
 
 SCRIPT = os.path.join(ROOT, "docs", "ablation_open_readings.sh")
 

@@ -12,7 +12,8 @@ import torch
 from helpers import DATA, ROOT, SYNTHETIC, load_test_script
 from losses import ArchetypeAgnosticLoss
 from utils.checkpoint import save_checkpoint
-from utils.config import config_to_dict, load_config
+from config import load_config
+from utils.run_folder import config_to_dict
 from utils.errors import UserError
 
 with open(os.path.join(DATA, "released_state_dict_manifest.json")) as f:
