@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import sys
 import time
@@ -35,9 +34,10 @@ from data.provenance import write_list_checksums
 from data.scan import ROOT_KEYS, IdentityScanner
 from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
-from utils import distributed
+from utils import distributed, lock
 from utils.config import OPTS_HELP, load_config, require
 from utils.errors import UserError
+from utils.lock import Holder
 
 LOCK_FILE = "prepare.lock"  # in dataset.lmdb_dir, holding the pid of the data.prepare writing there
 
@@ -159,32 +159,16 @@ class PrepareBusy(UserError):
 
 @contextlib.contextmanager
 def prepare_lock(folder: str) -> Iterator[str]:
-    """Hold `<folder>/prepare.lock` (flock) while preparing; PrepareBusy naming the lock and pid if another
-    process holds it. The kernel drops the lock of a process that dies, so a killed run's lock is taken over."""
-    os.makedirs(folder, exist_ok=True)
+    """Hold `<folder>/prepare.lock` (utils/lock.py) while preparing; PrepareBusy naming the lock and pid if another
+    process holds it. A killed data.prepare's lock is taken over."""
     path = os.path.join(folder, LOCK_FILE)
-    lock = open(path, "a+")
-    try:
-        lock.seek(0)
-        previous = lock.read().strip()
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PrepareBusy(f"another data.prepare (pid {previous or 'unknown'}) is preparing this data: lock "
-                              f"{path}; wait for it to finish") from None
-        if previous:
-            print(f"taking over the lock {path} of pid {previous}, which is no longer running")
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        try:
-            yield path
-        finally:
-            lock.seek(0)
-            lock.truncate()  # ended, not killed: nothing to take over
-    finally:
-        lock.close()
+
+    def busy(holder: Holder) -> PrepareBusy:
+        return PrepareBusy(f"another data.prepare (pid {holder.pid or 'unknown'}) is preparing this data: lock "
+                           f"{path}; wait for it to finish")
+
+    with lock.held(path, busy):
+        yield path
 
 
 def prepare_if_needed(cfg: EasyDict, ctx: distributed.Context) -> None:
