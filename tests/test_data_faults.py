@@ -206,6 +206,23 @@ def test_links_out_and_overlong_paths_are_skipped_and_fixed_files_are_added(tiny
     assert LmdbStore(face).read_bytes(bad_key) != b""
 
 
+def test_an_identity_folder_linked_outside_is_listed_in_skipped_tsv(tiny_root, tmp_path):
+    root = raw_copy(tiny_root, tmp_path / "corpus")
+    vgg_id = {i.vox_id: i for i in read_meta(os.path.join(root, "vox1_meta.csv"))}["id00015"].vgg_id
+    linked = os.path.join(root, "VGG_ALL_FRONTAL", vgg_id)
+    shutil.move(linked, tmp_path / "faces")  # the only faces of id00015: it is marked none, never read
+    os.symlink(tmp_path / "faces", linked)
+    out = succeeded(data_prepare(root))
+    face = os.path.join(root, "lmdb", FACE_STORE)
+    with open(os.path.join(face, "skipped.tsv")) as f:
+        skipped = dict(line.rstrip("\n").split("\t", 1) for line in f)
+    assert skipped == {linked: f"a link to {tmp_path / 'faces'}, outside the folder of config key "
+                               "dataset.image_data_dir"}
+    assert f"face.lmdb: skipped {linked}: a link to" in out
+    assert f"face.lmdb: {len(LmdbStore(face))} files\nface.lmdb: 1 left out with their identity, which is marked " \
+           f"none (listed in {face}/skipped.tsv)" in out
+
+
 # ---------------------------------------------------------------------------- damaged stores
 def test_a_truncated_store_is_named_by_test_check_and_rebuilt_by_prepare(tiny_root, tmp_path, checkpoint):
     root = prepared_copy(tiny_root, tmp_path / "corpus")
