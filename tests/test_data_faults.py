@@ -270,6 +270,28 @@ def test_damaged_pages_are_one_line_naming_the_store(tiny_root, tmp_path, checkp
     assert f"LMDB store {face} is damaged" in report.stdout
 
 
+def test_a_damaged_value_read_by_a_loader_worker_is_one_line_naming_the_store(tiny_root, tmp_path):
+    root = prepared_copy(tiny_root, tmp_path / "corpus")
+    face = os.path.join(root, "lmdb", FACE_STORE)
+    data = os.path.join(face, "data.mdb")
+    overwrite(data, _jpeg_starts(data), bytes(4))  # every photo's JPEG header: LMDB cannot tell, no photo decodes
+    process = run(["train.py"], root, f"output_dir={tmp_path}/runs", "training.max_iter=2", "dataset.num_workers=1",
+                  timeout=120)  # before: torch's traceback, then a hang at exit on the worker
+    message = error_line(process)
+    assert message.startswith(f"error: LMDB store {face} is damaged (the image '") and "does not decode" in message
+    assert "Original Traceback" not in process.stderr and "worker process" not in process.stderr, process.stderr
+
+
+def _jpeg_starts(path: str) -> list[int]:
+    with open(path, "rb") as f:
+        data = f.read()
+    starts, at = [], data.find(b"\xff\xd8\xff")
+    while at >= 0:
+        starts.append(at)
+        at = data.find(b"\xff\xd8\xff", at + 1)
+    return starts
+
+
 # ---------------------------------------------------------------------------- stores of another config
 def test_a_store_of_another_config_is_refused_by_test(tiny_root, tmp_path, checkpoint):
     root = prepared_copy(tiny_root, tmp_path / "corpus")
