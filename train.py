@@ -39,6 +39,7 @@ if __name__ == "__main__":
     build_parser().parse_args()  # --help and usage errors answer before the imports below (seconds of torch)
 
 # The training's imports, after the command line is known to be valid (flake8: E402 by design).
+import contextlib
 import logging
 import os
 import signal
@@ -236,7 +237,8 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     interrupted = False
     state.model.train()
     t0 = time.time()
-    with StopSignals() as signals, bar, logging_redirect_tqdm():  # log lines above the bar, not through it
+    # log lines above the bar, not through it; the loader's workers stopped however the loop ends
+    with StopSignals() as signals, bar, logging_redirect_tqdm(), contextlib.closing(batches):
         for iteration in range(start, last + 1 if last is not None else sys.maxsize):
             try:
                 batch = next(batches)

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import os
 import signal
+from typing import Iterator
 
 import cv2
 import numpy as np
 import torch
 from easydict import EasyDict
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore, settings_mismatch
 from data.sampler import IdentityBatchSampler
 from data.splits import Identity, IdentityFiles, read_split, select_keys
+from utils.errors import UserError
 
 BORDER = 127  # value of the canvas around rotated faces and of crop padding
 MAX_ANGLE = 15  # rotation angles are integers in [-15, 14]
@@ -221,8 +223,58 @@ def train_loader(cfg: EasyDict, dataset: TrainDataset | None = None, start_itera
                                    clip_samples=dataset.samples, seed=cfg.seed, start_iteration=start_iteration,
                                    rank=rank, world_size=world_size)
     workers = cfg.dataset.num_workers
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=torch.cuda.is_available(), worker_init_fn=leave_signals_to_the_trainer)
+    return StoreLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+                       pin_memory=torch.cuda.is_available(), worker_init_fn=leave_signals_to_the_trainer)
+
+
+class _Failed:
+    """In place of an item or batch: the UserError that loading it raised (it pickles, message and type intact)."""
+
+    def __init__(self, error: UserError):
+        self.error = error
+
+
+class _Carrying(Dataset):
+    """`dataset` whose items' UserErrors are returned as _Failed instead of raised."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        try:
+            return self.dataset[item]
+        except UserError as e:
+            return _Failed(e)
+
+
+def _collate(items: list) -> object:
+    return next((x for x in items if isinstance(x, _Failed)), None) or default_collate(items)
+
+
+class StoreLoader(DataLoader):
+    """A DataLoader whose items' UserErrors (a damaged store value, a missing key) reach the caller as raised, with
+    any num_workers: torch re-raises a worker's error around its multi-line traceback, as a message no longer
+    one line. The error travels from the worker as a batch and is raised here."""
+
+    def __init__(self, dataset: Dataset, **kwargs):
+        super().__init__(_Carrying(dataset), collate_fn=_collate, **kwargs)
+
+    def __iter__(self) -> Iterator:
+        batches = super().__iter__()
+        try:
+            for batch in batches:
+                if isinstance(batch, _Failed):
+                    raise batch.error
+                yield batch
+        finally:
+            # Closed or failed: drop the iterator now, which stops its workers. They ignore SIGTERM
+            # (leave_signals_to_the_trainer), so multiprocessing's exit would wait for them forever while a
+            # traceback still held this frame and with it the iterator.
+            del batches
+            self._iterator = None
 
 
 def leave_signals_to_the_trainer(worker_id: int) -> None:
@@ -235,5 +287,5 @@ def leave_signals_to_the_trainer(worker_id: int) -> None:
 def eval_loader(cfg: EasyDict, keys: list[str], modality: str) -> DataLoader:
     """Batches of (keys, tensors) in key order for embedding extraction."""
     workers = cfg.dataset.num_workers
-    return DataLoader(EvalDataset(cfg, keys, modality), batch_size=cfg.testing.batch_size, shuffle=False,
-                      num_workers=workers, pin_memory=torch.cuda.is_available())
+    return StoreLoader(EvalDataset(cfg, keys, modality), batch_size=cfg.testing.batch_size, shuffle=False,
+                       num_workers=workers, pin_memory=torch.cuda.is_available())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import os
 import sys
 import time
@@ -33,11 +32,12 @@ from data.lmdb_store import (AUDIO_STORE, FACE_STORE, NOTES_FILE, SKIPPED_FILE, 
                              store_is_current)
 from data.provenance import write_list_checksums
 from data.scan import ROOT_KEYS, IdentityScanner
-from data.splits import (SPLITS, Identity, assign_splits, read_meta, read_split, read_split_file,
+from data.splits import (SPLITS, UNUSABLE, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
-from utils import distributed
 from config import OPTS_HELP, load_config, require
+from utils import distributed, lock
 from utils.errors import UserError
+from utils.lock import Holder
 
 LOCK_FILE = "prepare.lock"  # in dataset.lmdb_dir, holding the pid of the data.prepare writing there
 
@@ -72,8 +72,11 @@ def make_splits(cfg: EasyDict, scanner: IdentityScanner, wanted: tuple[str, ...]
     return {s: read_split(d.list_dir, s) for s in wanted}
 
 
-def make_stores(cfg: EasyDict, identities: list[Identity], scanner: IdentityScanner) -> None:
-    """Build or update both LMDB stores from every file of `identities` (keys in the stores' form)."""
+def make_stores(cfg: EasyDict, identities: list[Identity], scanner: IdentityScanner,
+                left_out: list[Identity] = ()) -> None:
+    """Build or update both LMDB stores from every file of `identities` (keys in the stores' form). The files
+    and folders of `left_out` (identities marked none) that the scan refused, such as a link leading outside the
+    data folder, are listed in skipped.tsv too: marked none, they would otherwise look merely missing."""
     d = cfg.dataset
     os.makedirs(d.lmdb_dir, exist_ok=True)
     params = store_params(cfg)
@@ -87,6 +90,10 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: IdentityScan
     for name, modality, encode in jobs:
         root = scanner.roots[modality]
         items, skipped = [], []
+        for identity in left_out:
+            scanner.found(identity, modality)
+            skipped += scanner.unlisted[(modality, identity.vox_id)]
+        with_identity = {source for source, _ in skipped}
         for identity in identities:
             folder, keys = scanner.found(identity, modality)
             skipped += scanner.unlisted[(modality, identity.vox_id)]
@@ -101,11 +108,15 @@ def make_stores(cfg: EasyDict, identities: list[Identity], scanner: IdentityScan
         source = os.path.realpath(root)
         refuse_another_store(path, params[name], source, ROOT_KEYS[modality])
         report = build_store(path, items, encode, params[name], skipped, workers, desc=name, source_dir=source)
-        note = f", {len(report.skipped)} skipped (listed in {os.path.join(path, SKIPPED_FILE)})" if report.skipped else ""
+        listed = f"listed in {os.path.join(path, SKIPPED_FILE)}"
+        left = sum(entry in with_identity for entry, _ in report.skipped)
+        note = f", {len(report.skipped) - left} skipped ({listed})" if len(report.skipped) > left else ""
         if report.notes:
             note += (f", {len(report.notes)} stored with a note such as clipped samples "
                      f"(listed in {os.path.join(path, NOTES_FILE)})")
         print(f"{name}: {report.stored} files{note}")
+        if left:
+            print(f"{name}: {left} left out with their identity, which is marked none ({listed})")
 
 
 def refuse_another_store(path: str, params: dict, source: str, root_key: str) -> None:
@@ -159,32 +170,16 @@ class PrepareBusy(UserError):
 
 @contextlib.contextmanager
 def prepare_lock(folder: str) -> Iterator[str]:
-    """Hold `<folder>/prepare.lock` (flock) while preparing; PrepareBusy naming the lock and pid if another
-    process holds it. The kernel drops the lock of a process that dies, so a killed run's lock is taken over."""
-    os.makedirs(folder, exist_ok=True)
+    """Hold `<folder>/prepare.lock` (utils/lock.py) while preparing; PrepareBusy naming the lock and pid if another
+    process holds it. A killed data.prepare's lock is taken over."""
     path = os.path.join(folder, LOCK_FILE)
-    lock = open(path, "a+")
-    try:
-        lock.seek(0)
-        previous = lock.read().strip()
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise PrepareBusy(f"another data.prepare (pid {previous or 'unknown'}) is preparing this data: lock "
-                              f"{path}; wait for it to finish") from None
-        if previous:
-            print(f"taking over the lock {path} of pid {previous}, which is no longer running")
-        lock.seek(0)
-        lock.truncate()
-        lock.write(f"{os.getpid()}\n")
-        lock.flush()
-        try:
-            yield path
-        finally:
-            lock.seek(0)
-            lock.truncate()  # ended, not killed: nothing to take over
-    finally:
-        lock.close()
+
+    def busy(holder: Holder) -> PrepareBusy:
+        return PrepareBusy(f"another data.prepare (pid {holder.pid or 'unknown'}) is preparing this data: lock "
+                           f"{path}; wait for it to finish")
+
+    with lock.held(path, busy):
+        yield path
 
 
 def prepare_if_needed(cfg: EasyDict, ctx: distributed.Context) -> None:
@@ -232,7 +227,8 @@ def _prepare(cfg: EasyDict, splits: tuple[str, ...]) -> None:
         check_off_archetype(d.synthetic.root, d.synthetic.off_archetype_fraction)
     scanner = IdentityScanner(cfg)
     identities = make_splits(cfg, scanner, splits)
-    make_stores(cfg, [i for s in splits for i in identities[s]], scanner)
+    left_out = [i for s in splits for i in read_meta(split_path(d.list_dir, s)) if i.set == UNUSABLE]
+    make_stores(cfg, [i for s in splits for i in identities[s]], scanner, left_out)
     make_lists(cfg, identities)
     write_list_checksums(d.list_dir)
     print(f"data ready for {', '.join(splits)} in {time.time() - start:.0f} s")

@@ -206,6 +206,23 @@ def test_links_out_and_overlong_paths_are_skipped_and_fixed_files_are_added(tiny
     assert LmdbStore(face).read_bytes(bad_key) != b""
 
 
+def test_an_identity_folder_linked_outside_is_listed_in_skipped_tsv(tiny_root, tmp_path):
+    root = raw_copy(tiny_root, tmp_path / "corpus")
+    vgg_id = {i.vox_id: i for i in read_meta(os.path.join(root, "vox1_meta.csv"))}["id00015"].vgg_id
+    linked = os.path.join(root, "VGG_ALL_FRONTAL", vgg_id)
+    shutil.move(linked, tmp_path / "faces")  # the only faces of id00015: it is marked none, never read
+    os.symlink(tmp_path / "faces", linked)
+    out = succeeded(data_prepare(root))
+    face = os.path.join(root, "lmdb", FACE_STORE)
+    with open(os.path.join(face, "skipped.tsv")) as f:
+        skipped = dict(line.rstrip("\n").split("\t", 1) for line in f)
+    assert skipped == {linked: f"a link to {tmp_path / 'faces'}, outside the folder of config key "
+                               "dataset.image_data_dir"}
+    assert f"face.lmdb: skipped {linked}: a link to" in out
+    assert f"face.lmdb: {len(LmdbStore(face))} files\nface.lmdb: 1 left out with their identity, which is marked " \
+           f"none (listed in {face}/skipped.tsv)" in out
+
+
 # ---------------------------------------------------------------------------- damaged stores
 def test_a_truncated_store_is_named_by_test_check_and_rebuilt_by_prepare(tiny_root, tmp_path, checkpoint):
     root = prepared_copy(tiny_root, tmp_path / "corpus")
@@ -251,6 +268,28 @@ def test_damaged_pages_are_one_line_naming_the_store(tiny_root, tmp_path, checkp
     assert f"LMDB store {audio} is damaged (its contents differ from the digest recorded when it was built)" \
         in report.stdout
     assert f"LMDB store {face} is damaged" in report.stdout
+
+
+def test_a_damaged_value_read_by_a_loader_worker_is_one_line_naming_the_store(tiny_root, tmp_path):
+    root = prepared_copy(tiny_root, tmp_path / "corpus")
+    face = os.path.join(root, "lmdb", FACE_STORE)
+    data = os.path.join(face, "data.mdb")
+    overwrite(data, _jpeg_starts(data), bytes(4))  # every photo's JPEG header: LMDB cannot tell, no photo decodes
+    process = run(["train.py"], root, f"output_dir={tmp_path}/runs", "training.max_iter=2", "dataset.num_workers=1",
+                  timeout=120)  # before: torch's traceback, then a hang at exit on the worker
+    message = error_line(process)
+    assert message.startswith(f"error: LMDB store {face} is damaged (the image '") and "does not decode" in message
+    assert "Original Traceback" not in process.stderr and "worker process" not in process.stderr, process.stderr
+
+
+def _jpeg_starts(path: str) -> list[int]:
+    with open(path, "rb") as f:
+        data = f.read()
+    starts, at = [], data.find(b"\xff\xd8\xff")
+    while at >= 0:
+        starts.append(at)
+        at = data.find(b"\xff\xd8\xff", at + 1)
+    return starts
 
 
 # ---------------------------------------------------------------------------- stores of another config

@@ -141,6 +141,37 @@ def test_a_second_run_on_the_same_folder_refuses_and_a_stale_lock_is_taken_over(
     assert not lock.exists()
 
 
+def test_run_folder_and_prepare_share_one_kernel_lock(tmp_path, caplog):
+    from data.prepare import prepare_lock
+    from utils.run_folder import RunFolderBusy, acquire_lock, release_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time\nfrom utils.run_folder import acquire_lock\n"
+                               f"acquire_lock({str(tmp_path)!r})\nprint('held', flush=True)\ntime.sleep(300)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    lock = tmp_path / LOCK_NAME
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        lock.write_text("")  # its record lost: the kernel's lock still says who holds the folder
+        with pytest.raises(RunFolderBusy, match=f"pid unknown on this host, lock {lock}"):
+            acquire_lock(str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    lock.write_text(f"{holder.pid} {os.uname().nodename}\n")  # SIGKILLed: the kernel dropped its lock
+    assert acquire_lock(str(tmp_path)) == str(lock)
+    assert f"taking over the lock {lock} of pid {holder.pid}" in caplog.text
+    assert lock.read_text() == f"{os.getpid()} {os.uname().nodename}\n"
+    release_lock(str(lock))
+    assert not lock.exists()
+    with prepare_lock(str(tmp_path)) as path:  # data.prepare's lock: the same mechanism, its own message
+        other = subprocess.run([sys.executable, "-c", "from data.prepare import prepare_lock\n"
+                                f"with prepare_lock({str(tmp_path)!r}): pass"], cwd=ROOT, capture_output=True,
+                               text=True)
+        assert f"PrepareBusy: another data.prepare (pid {os.getpid()}) is preparing this data: lock {path}" \
+            in other.stderr
+    assert not os.path.exists(path)
+
+
 @pytest.mark.slow
 def test_resume_auto_skips_bad_checkpoints_and_corrupt_files_are_one_line_errors(tiny_cfg, tmp_path):
     path, run = write_config(tiny_cfg, tmp_path)

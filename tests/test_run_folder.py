@@ -267,9 +267,11 @@ def torchrun(cfg_path, *extra, **env):
                             stderr=subprocess.PIPE, text=True)
 
 
-def test_a_killed_torchrun_rank_is_named_and_the_run_resumes(tiny_cfg, tmp_path):
+def kill_a_rank_then_resume(tiny_cfg, tmp_path, rank: int, when, *extra: str) -> str:
+    """Start torchrun, SIGKILL `rank` as soon as when(run folder) holds; the other rank must stop within
+    training.timeout_minutes naming it, the last checkpoint load and --resume auto continue. The stderr."""
     cfg = tiny_config(os.path.dirname(tiny_cfg.dataset.meta_file), *TORCHRUN_OPTS, f"output_dir={tmp_path}",
-                      "exp_name=ddp", "training.max_iter=100000", "training.keep_last=2")
+                      "exp_name=ddp", "training.max_iter=100000", "training.keep_last=2", *extra)
     path = str(tmp_path / "ddp.yaml")
     save_config(cfg, path)
     run = tmp_path / "ddp"
@@ -280,21 +282,43 @@ def test_a_killed_torchrun_rank_is_named_and_the_run_resumes(tiny_cfg, tmp_path)
         "if os.environ.get('RANK'):\n"
         f"    open(os.path.join({str(hook)!r}, 'rank' + os.environ['RANK']), 'w').write(str(os.getpid()))\n")
     process = torchrun(path, PYTHONPATH=str(hook))
-    while not (run / "checkpoint_4.pth.tar").exists() and process.poll() is None:
-        time.sleep(0.1)
-    os.kill(int((hook / "rank1").read_text()), signal.SIGKILL)
+    while not when(run) and process.poll() is None:
+        time.sleep(0.01)
+    os.kill(int((hook / f"rank{rank}").read_text()), signal.SIGKILL)
     killed = time.time()
     _, stderr = process.communicate(timeout=300)
     assert time.time() - killed < 2 * 60  # training.timeout_minutes
     assert process.returncode != 0
-    rank0 = [line for line in stderr.splitlines() if "rank 0 stopping" in line]
-    assert rank0 and "rank 1 (pid" in rank0[-1] and "ended without a message" in rank0[-1], stderr[-3000:]
+    other = 1 - rank
+    stopping = [line for line in stderr.splitlines() if f"rank {other} stopping" in line]
+    assert stopping and f"rank {rank} (pid" in stopping[-1] and "ended without a message" in stopping[-1], \
+        stderr[-3000:]
     assert "Connection reset" not in stderr, stderr[-3000:]
     last = resumable_checkpoint(str(run))
     iteration = torch.load(last, weights_only=True)["iteration"]
     assert iteration >= 4
     resumed = torchrun(path, "--resume", "auto", "--opts", f"training.max_iter={iteration + 1}")
-    _, stderr = resumed.communicate(timeout=300)
-    assert resumed.returncode == 0, stderr[-3000:]
+    _, resumed_stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, resumed_stderr[-3000:]
     assert f"resumed from {last}" in (run / "train.log").read_text()
     assert torch.load(run / f"checkpoint_{iteration + 1}.pth.tar", weights_only=True)["iteration"] == iteration + 1
+    return stderr
+
+
+def test_a_killed_torchrun_rank_is_named_and_the_run_resumes(tiny_cfg, tmp_path):
+    kill_a_rank_then_resume(tiny_cfg, tmp_path, 1, lambda run: (run / "checkpoint_4.pth.tar").exists())
+
+
+def validating(run) -> bool:
+    """Rank 0 logged iteration 6, which validates next (training.val_start), and not yet its result."""
+    log = (run / "train.log").read_text() if (run / "train.log").exists() else ""
+    return "iteration 6/" in log and "iteration 6: validation" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rank", [1, 0])
+def test_a_rank_killed_during_validation_is_named_and_the_run_resumes(tiny_cfg, tmp_path, rank):
+    # Validation runs on rank 0 only: rank 1 waits for its result meanwhile.
+    stderr = kill_a_rank_then_resume(tiny_cfg, tmp_path, rank, validating, "training.val_start=6",
+                                     "training.val_iter=100")
+    assert "iteration 6: validation" not in stderr  # killed before the validation ended

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import ROOT, tiny_config, save_config
+from utils.train_state import resumable_checkpoint
 
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
         "models.voice.layers=[1,1,1,1]", "models.voice.filters=[8,8,16,16]", "dataset.image_size=32",
@@ -121,3 +122,9 @@ def test_when_one_process_fails_the_other_stops_naming_it(tiny_cfg, tmp_path):
     assert "rank 0 stopping: rank 1 failed: RuntimeError: injected failure" in result.stderr, \
         "\n".join(line for line in result.stderr.splitlines() if "rank1" not in line)[-3000:]
     assert not (run / "train.lock").exists()
+    last = resumable_checkpoint(str(run))  # the last checkpoint loads, and the run continues from it
+    iteration = load(last)["iteration"]
+    resumed = torchrun(path, "--resume", "auto", "--opts", f"training.max_iter={iteration + 1}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from {last}" in (run / "train.log").read_text()
+    assert load(run / f"checkpoint_{iteration + 1}.pth.tar")["iteration"] == iteration + 1

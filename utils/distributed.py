@@ -12,7 +12,7 @@ import torch.distributed as dist
 from torch import nn
 
 from utils.errors import ConfigError, UserError
-from utils.run_folder import process_alive
+from utils.lock import process_alive
 
 
 @dataclass

@@ -2,17 +2,17 @@
 run record naming the run (or branch) that started last."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import socket
 import time
 
 import yaml
 
+from utils import lock
 from utils.errors import UserError
 from utils.files import WriteError, atomic_write
+from utils.lock import Holder
 
 log = logging.getLogger(__name__)
 
@@ -35,65 +35,26 @@ class RunFolderBusy(UserError):
     """Another live training run holds the run folder's lock."""
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process `pid` of this host runs (a zombie, killed but not yet reaped, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    with contextlib.suppress(OSError, IndexError):
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    return True
-
-
 def acquire_lock(folder: str) -> str:
-    """Create `<folder>/train.lock` holding this process' pid and host; a stale lock is taken over.
+    """Take `<folder>/train.lock` (utils/lock.py) until release_lock; a dead run's lock is taken over.
 
-    Refuses (RunFolderBusy) while the process named in the lock is alive on this host; a lock from
-    another host cannot be checked and is refused too.
+    Refuses (RunFolderBusy, naming the pid and host) while another live process holds it.
     """
     path = os.path.join(folder, LOCK_NAME)
-    mine = f"{os.getpid()} {socket.gethostname()}\n"
-    for _ in range(2):
-        try:
-            os.makedirs(folder, exist_ok=True)
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        except FileExistsError:
-            owner = _read_owner(path)
-            if owner is None:  # vanished or half-written: try once more
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                continue
-            pid, host = owner
-            if host != socket.gethostname() or process_alive(pid):
-                raise RunFolderBusy(f"{folder} is in use by another training run (pid {pid} on {host}, lock "
-                                    f"{path}); wait for it to finish, or use another exp_name") from None
-            log.warning("taking over the lock %s of pid %d, which is no longer running", path, pid)
-            os.unlink(path)
-            continue
-        except OSError as e:  # a read-only or full disk, no permission: said before any work is done
-            raise WriteError(f"cannot write in the run folder {folder}: {e.strerror or e}") from None
-        with os.fdopen(descriptor, "w") as f:
-            f.write(mine)
-        return path
-    raise RunFolderBusy(f"could not take the lock {path}; another run may be starting in {folder}")
 
+    def busy(holder: Holder) -> RunFolderBusy:
+        return RunFolderBusy(f"{folder} is in use by another training run (pid {holder.pid or 'unknown'} on "
+                             f"{holder.host or 'this host'}, lock {path}); wait for it to finish, or use another "
+                             "exp_name")
 
-def _read_owner(path: str) -> tuple[int, str] | None:
     try:
-        with open(path) as f:
-            pid, host = f.read().split()
-        return int(pid), host
-    except (FileNotFoundError, ValueError):
-        return None
+        return lock.acquire(path, busy)
+    except OSError as e:  # a read-only or full disk, no permission: said before any work is done
+        raise WriteError(f"cannot write in the run folder {folder}: {e.strerror or e}") from None
 
 
 def release_lock(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path)
+    lock.release(path)
 
 
 def write_run_config(new: dict, folder: str) -> None:
