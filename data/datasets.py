@@ -223,7 +223,8 @@ def train_loader(cfg: EasyDict, dataset: TrainDataset | None = None, start_itera
                                    clip_samples=dataset.samples, seed=cfg.seed, start_iteration=start_iteration,
                                    rank=rank, world_size=world_size)
     workers = cfg.dataset.num_workers
-    return StoreLoader(dataset, batch_sampler=sampler, num_workers=workers, persistent_workers=workers > 0,
+    # Iterated once (the sampler is endless), so persistent workers would only keep a reference to the iterator.
+    return StoreLoader(dataset, batch_sampler=sampler, num_workers=workers,
                        pin_memory=torch.cuda.is_available(), worker_init_fn=leave_signals_to_the_trainer)
 
 
@@ -274,7 +275,6 @@ class StoreLoader(DataLoader):
             # (leave_signals_to_the_trainer), so multiprocessing's exit would wait for them forever while a
             # traceback still held this frame and with it the iterator.
             del batches
-            self._iterator = None
 
 
 def leave_signals_to_the_trainer(worker_id: int) -> None:
