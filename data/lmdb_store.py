@@ -8,6 +8,9 @@ Bad raw files never stop a build; each is skipped and reported with its reason. 
 the build's settings, its source folder, the entry count and a digest of the contents: a reader refuses a
 store shorter than its pages (reading past the end would kill it with SIGBUS) or holding another count,
 damaged pages met while reading are a StoreError naming the store, and `verify_store` checks every value.
+Each value starts with the CRC-32 of the rest, checked at every read: bytes changed on disk after the build
+are a StoreError naming the store and key even where they would still decode (stores built before the checksum,
+without `value_checksum` in store.json, are read unchecked).
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ import io
 import json
 import os
 import shutil
+import zlib
 from dataclasses import dataclass, field
 from functools import partial
 from multiprocessing import Pool
@@ -42,6 +46,8 @@ MAP_SIZE = 1 << 40  # address space only: the file grows with the data
 FULL_DISK_MARGIN = 16 << 20  # free bytes under which a failed write is put down to a full disk
 MAX_KEY_BYTES = 511  # LMDB's key size limit (lmdb.Environment.max_key_size() of the default build)
 JPEG_QUALITY = 95  # when faces are re-encoded after resizing
+VALUE_CHECKSUM = "crc32"  # store.json's `value_checksum`: each value is CRC-32 (4 bytes, little-endian) + payload
+CHECKSUM_BYTES = 4
 # Integer PCM reads as int16 exactly (its top 16 bits). Everything else (float WAV, lossy codecs) reads as
 # float in [-1, 1], which libsndfile would truncate to 0 as int16: it is scaled by 32768 instead.
 INTEGER_PCM = ("PCM_S8", "PCM_U8", "PCM_16", "PCM_24", "PCM_32")
@@ -71,7 +77,9 @@ class StoreError(UserError, ValueError):
 
 
 def damaged(path: str, why: str) -> StoreError:
-    return StoreError(f"LMDB store {path} is damaged ({why}); run `python -m data.prepare --cfg CFG` "
+    # data.prepare rebuilds a store whose size or count is off by itself, but a damaged value or page is found
+    # only when read (or by --check, reading everything): deleting the store makes the rebuild certain.
+    return StoreError(f"LMDB store {path} is damaged ({why}); delete it and run `python -m data.prepare --cfg CFG` "
                       f"to rebuild it")
 
 
@@ -174,6 +182,7 @@ class LmdbStore:
             raise FileNotFoundError(f"LMDB store {path} not found{hint}; build it with "
                                     f"`python -m data.prepare --cfg CFG`")
         self.path = path
+        self.checksummed = read_info(path).get("value_checksum") == VALUE_CHECKSUM
         self._env, self._pid = None, None
 
     def _env_txn(self, buffers: bool = False) -> lmdb.Transaction:
@@ -195,7 +204,7 @@ class LmdbStore:
             raise damaged(self.path, str(e)) from None
 
     def __getstate__(self) -> dict:
-        return {"path": self.path, "_env": None, "_pid": None}
+        return {"path": self.path, "checksummed": self.checksummed, "_env": None, "_pid": None}
 
     def keys(self) -> list[str]:
         with self._reading() as txn:
@@ -219,6 +228,10 @@ class LmdbStore:
             value = txn.get(raw) if len(raw) <= MAX_KEY_BYTES else None
             if value is None:
                 raise MissingKeyError(f"key '{key}' is not in the store {self.path}")
+            if self.checksummed:
+                value = payload(value)
+                if value is None:
+                    raise damaged(self.path, f"the value of '{key}' differs from the checksum stored with it")
             return convert(value)
 
     def read_bytes(self, key: str) -> bytes:
@@ -237,6 +250,19 @@ class LmdbStore:
         if image is None:
             raise damaged(self.path, f"the image '{key}' does not decode")
         return image
+
+
+def with_checksum(value: bytes) -> bytes:
+    """A value as the store holds it: its CRC-32, then the value."""
+    return zlib.crc32(value).to_bytes(CHECKSUM_BYTES, "little") + value
+
+
+def payload(stored: bytes | memoryview) -> bytes | memoryview | None:
+    """The value inside `with_checksum`'s bytes, or None when they no longer match their checksum."""
+    body = stored[CHECKSUM_BYTES:]
+    if len(stored) < CHECKSUM_BYTES or zlib.crc32(body) != int.from_bytes(stored[:CHECKSUM_BYTES], "little"):
+        return None
+    return body
 
 
 def image_of_bytes(value: bytes | memoryview) -> np.ndarray | None:
@@ -475,26 +501,27 @@ def _build(path: str, partial_dir: str, items: list[tuple[str, str]], encode: En
         shutil.rmtree(path)
         info = {}
     retry = {s for s, stamp in info.get("skipped_stamps", {}).items() if _stamp(s) != stamp}
-    if info.get("params") == params:
-        if info.get("fingerprint") == fingerprint and not retry:
-            return BuildReport(path, info["stored"], _read_tsv(os.path.join(path, SKIPPED_FILE)),
-                               _read_tsv(os.path.join(path, NOTES_FILE)))
+    if info.get("params") == params and info.get("fingerprint") == fingerprint and not retry:
+        return BuildReport(path, info["stored"], _read_tsv(os.path.join(path, SKIPPED_FILE)),
+                           _read_tsv(os.path.join(path, NOTES_FILE)))
+    # same parameters, other files: update it rather than rebuild (unless its values are of the unchecked form)
+    if info.get("params") == params and info.get("value_checksum") == VALUE_CHECKSUM:
         _release(path)
         if os.path.isdir(partial_dir):
             shutil.rmtree(partial_dir)
-        os.replace(path, partial_dir)  # same parameters, other files: update it rather than rebuild
+        os.replace(path, partial_dir)
     params_file = os.path.join(partial_dir, "params.json")
     if os.path.isdir(partial_dir):
         try:
             with open(params_file) as f:
-                resumable = json.load(f) == dict(params, source=source_dir)
+                resumable = json.load(f) == dict(params, source=source_dir, value_checksum=VALUE_CHECKSUM)
         except (OSError, ValueError):
             resumable = False
         if not resumable or (os.path.exists(os.path.join(partial_dir, "data.mdb")) and store_damage(partial_dir)):
             shutil.rmtree(partial_dir)
     os.makedirs(partial_dir, exist_ok=True)
     with open(params_file, "w") as f:
-        json.dump(dict(params, source=source_dir), f)
+        json.dump(dict(params, source=source_dir, value_checksum=VALUE_CHECKSUM), f)
     if os.path.exists(os.path.join(partial_dir, INFO_FILE)):
         os.remove(os.path.join(partial_dir, INFO_FILE))
 
@@ -543,7 +570,7 @@ def _build(path: str, partial_dir: str, items: list[tuple[str, str]], encode: En
                     pending.append((sources[key], message))
                     tqdm.write(f"{desc}: skipped {sources[key]}: {message}")
                 else:
-                    txn.put(key.encode(), value)
+                    txn.put(key.encode(), with_checksum(value))
                     if message:
                         pending_notes.append((sources[key], message))
                         tqdm.write(f"{desc}: {sources[key]}: {message}")
@@ -571,7 +598,7 @@ def _build(path: str, partial_dir: str, items: list[tuple[str, str]], encode: En
     report = BuildReport(path, stored, list(known_bad.items()), list(notes.items()))
     with atomic_write(os.path.join(partial_dir, INFO_FILE)) as f:
         json.dump({"params": params, "source": source_dir, "fingerprint": fingerprint, "stored": stored,
-                   "skipped": len(known_bad), "notes": len(notes), "digest": digest,
+                   "skipped": len(known_bad), "notes": len(notes), "digest": digest, "value_checksum": VALUE_CHECKSUM,
                    "skipped_stamps": {s: _stamp(s) for s in known_bad if not os.path.isdir(s)}}, f, indent=1)
     if os.path.exists(path):
         _release(path)

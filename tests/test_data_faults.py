@@ -2,18 +2,22 @@
 `--check`), `python test.py`, `python train.py` on small trees on disk. Each fault ends in one line naming
 the file, line or store, or in the right result; nothing prepared before it is lost."""
 import glob
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from functools import partial
 
+import lmdb
 import numpy as np
 import pytest
+import soundfile
 import torch
 
-from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
+from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore, build_store, encode_audio, read_info
 from data.prepare import prepare
 from data.splits import read_meta
 from helpers import ROOT, SYNTHETIC, tiny_config, tiny_opts
@@ -278,8 +282,48 @@ def test_a_damaged_value_read_by_a_loader_worker_is_one_line_naming_the_store(ti
     process = run(["train.py"], root, f"output_dir={tmp_path}/runs", "training.max_iter=2", "dataset.num_workers=1",
                   timeout=120)  # before: torch's traceback, then a hang at exit on the worker
     message = error_line(process)
-    assert message.startswith(f"error: LMDB store {face} is damaged (the image '") and "does not decode" in message
+    assert message.startswith(f"error: LMDB store {face} is damaged (the value of '") and \
+        "differs from the checksum stored with it" in message
     assert "Original Traceback" not in process.stderr and "worker process" not in process.stderr, process.stderr
+
+
+def test_changed_bytes_that_still_decode_are_found_at_the_first_read(tiny_root, tmp_path, checkpoint):
+    root = prepared_copy(tiny_root, tmp_path / "corpus")
+    audio = os.path.join(root, "lmdb", AUDIO_STORE)
+    data = os.path.join(audio, "data.mdb")
+    # inside the clips' samples: any bytes are int16 samples, so only the per-value checksum can tell
+    overwrite(data, [offset + 1000 for offset in pages(data, P_OVERFLOW)], b"\x55" * 64)
+    for process in (run(["train.py"], root, f"output_dir={tmp_path}/runs", "training.max_iter=2"),
+                    run_test_py(root, checkpoint, tmp_path / "out")):
+        message = error_line(process)
+        assert f"LMDB store {audio} is damaged (the value of '" in message, message
+        assert "differs from the checksum stored with it" in message and "data.prepare" in message, message
+
+
+def test_a_store_of_the_unchecked_form_is_read_and_rebuilt_only_when_its_files_change(tmp_path):
+    wav = tmp_path / "raw"
+    wav.mkdir()
+    items = []
+    for n in range(3):
+        soundfile.write(wav / f"{n}.wav", np.full(1600, n, np.int16), 16000, subtype="PCM_16")
+        items.append((f"id/{n}.wav", str(wav / f"{n}.wav")))
+    store = str(tmp_path / "audio.lmdb")
+    encode = partial(encode_audio, sample_rate=16000, max_samples=16000)
+    build_store(store, items[:2], encode, {"sample_rate": 16000})
+    # the form written before values carried their checksum: the bare values, no `value_checksum`
+    with lmdb.open(store, subdir=True) as env, env.begin(write=True) as txn:
+        for key, value in list(txn.cursor()):
+            txn.put(key, bytes(value[4:]))
+    info = read_info(store)
+    del info["value_checksum"]
+    (tmp_path / "audio.lmdb" / "store.json").write_text(json.dumps(info))
+    old = LmdbStore(store)
+    assert not old.checksummed and old.read_audio("id/1.wav").tolist() == [1] * 1600
+    build_store(store, items[:2], encode, {"sample_rate": 16000})  # the same files: kept as it is
+    assert not LmdbStore(store).checksummed
+    build_store(store, items, encode, {"sample_rate": 16000})  # another file: rebuilt whole, checksums and all
+    new = LmdbStore(store)
+    assert new.checksummed and [new.read_audio(k).tolist()[0] for k, _ in items] == [0, 1, 2]
 
 
 def _jpeg_starts(path: str) -> list[int]:
