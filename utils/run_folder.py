@@ -31,6 +31,7 @@ def config_to_dict(cfg: dict) -> dict:
     return {k: config_to_dict(v) if isinstance(v, dict) else (list(v) if isinstance(v, (list, tuple)) else v)
             for k, v in cfg.items()}
 
+
 class RunFolderBusy(UserError):
     """Another live training run holds the run folder's lock."""
 
