@@ -133,6 +133,7 @@ if __name__ == "__main__":
 # The evaluation's imports, after the command line is known to be valid (flake8: E402 by design).
 import os
 
+from config import load_config, require
 from data.lists import ListError, evaluation_lists, list_path
 from data.provenance import changed_lists
 from evaluation import inspect_checkpoint, own_files
@@ -140,7 +141,6 @@ from evaluation.features import read_features
 from evaluation.list_features import checkpoint_of, model_features
 from evaluation.protocol import Result, evaluate, format_table, write_outputs
 from models.settings import explicit_settings
-from config import load_config, require
 from utils.run_folder import run_dir
 from utils.distributed import check_device
 from utils.errors import UserError

@@ -50,6 +50,8 @@ from tensorboardX import SummaryWriter
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from config import ConfigError, load_config, require, seed_configs
+from config.resume import check_resume_config
 from data.datasets import TrainDataset, as_float, train_loader
 from data.prepare import prepare_if_needed
 from data.provenance import training_data
@@ -61,8 +63,6 @@ from models.layouts import load_backbones, load_checkpoint
 from models.pair_encoder import PairEncoder
 from models.settings import model_settings
 from utils import distributed
-from config import ConfigError, load_config, require, seed_configs
-from config.resume import check_resume_config
 from utils.errors import UserError
 from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
                        seed_everything)

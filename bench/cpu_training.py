@@ -27,8 +27,8 @@ sys.path.insert(0, os.path.dirname(BENCH))
 sys.path.insert(0, BENCH)
 
 from device_check import one_step, synthetic_batch  # noqa: E402
-from train import build_state  # noqa: E402
 from config import load_config  # noqa: E402
+from train import build_state  # noqa: E402
 
 SYNTHETIC = os.path.join(os.path.dirname(BENCH), "config", "synthetic.yaml")
 

@@ -25,9 +25,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from config import load_config  # noqa: E402
 from data.datasets import TrainDataset, train_loader  # noqa: E402
 from data.prepare import prepare  # noqa: E402
-from config import load_config  # noqa: E402
 
 
 class ReleaseDataset(TrainDataset):

@@ -40,6 +40,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, ROOT)
 
+from config import load_config  # noqa: E402
 from data.datasets import TrainDataset, clip_samples, train_loader  # noqa: E402
 from data.lists import evaluation_lists, list_path  # noqa: E402
 from data.prepare import prepare  # noqa: E402
@@ -52,7 +53,6 @@ from evaluation.extraction import embed_batches  # noqa: E402
 from evaluation.features import Features  # noqa: E402
 from evaluation.protocol import evaluate_list  # noqa: E402
 from utils import distributed  # noqa: E402
-from config import load_config  # noqa: E402
 from utils.run_folder import config_to_dict  # noqa: E402
 
 PAPER = os.path.join(ROOT, "config", "cfg.yaml")

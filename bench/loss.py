@@ -26,9 +26,9 @@ from easydict import EasyDict
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from config import load_config  # noqa: E402
 from losses import InstanceEquilibrium, create_loss  # noqa: E402
 from losses.reference import CROSS_MODAL_OFFSET, INTRA_MODAL_OFFSET  # noqa: E402
-from config import load_config  # noqa: E402
 
 
 def loop_direction(anchors, candidates, offset, cfg):

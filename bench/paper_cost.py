@@ -25,9 +25,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from config import load_config  # noqa: E402
 from losses import create_loss  # noqa: E402
 from models import build_model  # noqa: E402
-from config import load_config  # noqa: E402
 
 PAPER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "cfg.yaml")
 # Dense peak TFLOPS (vendor data sheets, SXM parts): TF32 tensor cores serve float32 convolutions (cuDNN's

@@ -23,6 +23,7 @@ from typing import Iterator
 import numpy as np
 from easydict import EasyDict
 
+from config import OPTS_HELP, load_config, require
 from data.check import check
 from data.datasets import open_store, store_params
 from data.layout import FACE, VOICE, as_store_keys, other_name, resolve_rows, store_name
@@ -34,7 +35,6 @@ from data.provenance import write_list_checksums
 from data.scan import ROOT_KEYS, IdentityScanner
 from data.splits import (SPLITS, UNUSABLE, Identity, assign_splits, read_meta, read_split, read_split_file,
                          select_keys, split_of_ranges, split_path, write_split)
-from config import OPTS_HELP, load_config, require
 from utils import distributed, lock
 from utils.errors import UserError
 from utils.lock import Holder

@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
+from config import load_config
 from data.lists import ListError, ListSpec, evaluation_lists, list_path
 from evaluation import metrics
 from evaluation.features import Features
 from evaluation.protocol import Result, evaluate, format_table, write_outputs
 from utils.checkpoint import latest_checkpoint
-from config import load_config
 from utils.errors import UserError
 from utils.files import atomic_write
 

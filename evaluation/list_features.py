@@ -9,6 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from config import require
 from data.layout import resolve_keys, resolve_rows
 from data.lists import DIRECTIONS, ListError, ListSpec, check_keys, list_path
 from data.lmdb_store import AUDIO_STORE, FACE_STORE, LmdbStore
@@ -17,7 +18,6 @@ from data.splits import key_labels, read_split, split_path
 from evaluation.extraction import embed
 from evaluation.features import Features, FeaturesError, check_embeddings, read_features, save_features_file
 from models.settings import build_from_checkpoint
-from config import require
 from utils.run_folder import config_to_dict, run_dir
 from utils.distributed import device_of
 from utils.errors import UserError

@@ -29,12 +29,12 @@ import torch
 from easydict import EasyDict
 from PIL import Image
 
+from config import load_config
 from data.datasets import clip_samples, eval_face, eval_voice
 from data.lmdb_store import encode_or_reason
 from data.user_files import face_of, face_of_image, image_array_of, voice_of, voice_of_array
 from evaluation.extraction import embed_batches
 from models.settings import build_from_checkpoint, explicit_settings
-from config import load_config
 from utils.distributed import device_of
 from utils.errors import UserError
 

@@ -11,8 +11,8 @@ from typing import Callable, NamedTuple
 import torch
 from torch import nn
 
-from losses import fused, reference
 from config import DEFAULTS
+from losses import fused, reference
 
 PAIRS = ("cross", "face", "voice")
 # (X, Y) of each pair as indices into the stack (face, face′, voice, voice′); direction 1 has anchors Y.

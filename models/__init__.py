@@ -5,9 +5,9 @@ import torch
 from easydict import EasyDict
 from torch import nn
 
+from config import DEFAULTS
 from models.face import FaceEncoder
 from models.voice import VoiceEncoder
-from config import DEFAULTS
 
 
 class VoiceFaceModel(nn.Module):

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from config import DEFAULTS
 from models.face import InputNormalization
 from utils.checkpoint import OWN_FORMAT, read_checkpoint
-from config import DEFAULTS
 from utils.errors import CheckpointError
 from utils.train_state import UNREADABLE, reason
 

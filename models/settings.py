@@ -15,10 +15,10 @@ from typing import Iterable
 
 from easydict import EasyDict
 
+from config import setting
 from models import VoiceFaceModel, build_model
 from models.layouts import load_checkpoint
 from utils.checkpoint import OWN_FORMAT, read_checkpoint
-from config import setting
 from utils.run_folder import config_to_dict
 from utils.errors import CheckpointError
 

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from config import ConfigError, load_config
 from helpers import ROOT, save_config
 from losses import create_loss
-from config import ConfigError, load_config
 
 ABLATION = os.path.join(ROOT, "config", "ablation")
 ARMS = {"aasm": dict(bcr_enabled=False, ie_enabled=False, objective="aasm"), "aasm_bcr": dict(ie_enabled=False, bcr_enabled=True),

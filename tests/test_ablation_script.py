@@ -5,8 +5,8 @@ import subprocess
 
 import pytest
 
-from helpers import ROOT, load_test_script
 from config import load_config
+from helpers import ROOT, load_test_script
 
 SCRIPT = os.path.join(ROOT, "docs", "ablation_open_readings.sh")
 

@@ -8,12 +8,12 @@ import pytest
 import torch
 from easydict import EasyDict
 
+from config import load_config
 from helpers import DATA, ROOT
 from losses import ArchetypeAgnosticLoss
 from models import build_model
 from models.layouts import load_checkpoint, load_pretrained_face, load_pretrained_voice
 from utils.checkpoint import CheckpointError, latest_checkpoint, prune_checkpoints, save_checkpoint
-from config import load_config
 from utils.errors import UserError
 from utils.train_state import rng_state, set_rng_state
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-import train
-from helpers import ROOT, SYNTHETIC
 from config import loader as config
 from config import ConfigError, load_config
+import train
+from helpers import ROOT, SYNTHETIC
 
 # 9 levels of 9 aliases: 9**9 (387 million) strings once expanded, 750 bytes on disk.
 BOMB = "dataset:\n  split_ranges:\n    l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(

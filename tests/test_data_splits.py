@@ -5,12 +5,12 @@ import shutil
 import numpy as np
 import pytest
 
+from config import DEFAULTS
 from data.prepare import make_splits, prepare
 from data.scan import IdentityScanner
 from data.splits import (SPLIT_HEADER, Identity, assign_splits, key_labels, natural_key, read_meta,
                          read_split, read_split_file, split_of_ranges, split_path, write_split)
 from helpers import tiny_config
-from config import DEFAULTS
 
 
 def _voxceleb_shaped_meta() -> tuple[list[Identity], set[str]]:

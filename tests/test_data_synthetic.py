@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import soundfile
 
+from config import load_config
 from data import synthetic
 from data.splits import read_meta, split_of_ranges
 from helpers import TINY_IDENTITIES
-from config import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,9 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from config import DEFAULTS
 from losses import create_loss
 from losses.diagnostics import TrainingDiagnostics, loss_diagnostics, screening, weight_summary
-from config import DEFAULTS
 from easydict import EasyDict
 
 

@@ -5,13 +5,13 @@ import socket
 import torch
 import torch.multiprocessing as mp
 
+from config import load_config
 from losses import create_loss
 from models import build_model
 from models.pair_encoder import PairEncoder
 from train import embed
 from utils.distributed import gather_batch, wrap_module
 from utils import distributed
-from config import load_config
 
 WORLD = 2
 ITERATION = 12  # past bcr_start_iter and a refresh iteration: BCR, IE weights and counters all take part

@@ -3,10 +3,10 @@ import os
 
 import pytest
 
+from config import load_config
 import test as evaluation
 from helpers import SYNTHETIC
 from train import train
-from config import load_config
 
 
 def matching(results):

@@ -9,9 +9,9 @@ import time
 import pytest
 import torch
 
+from config import ConfigError
 from helpers import ROOT, tiny_config, save_config
 from utils import distributed
-from config import ConfigError
 from utils.files import WriteError, atomic_write, remove_stale_temporaries
 from utils.run_folder import LOCK_NAME
 from utils.train_state import resumable_checkpoint

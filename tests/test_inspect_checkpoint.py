@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from config import load_config
 from helpers import DATA, ROOT, SYNTHETIC, load_test_script
 from losses import ArchetypeAgnosticLoss
 from utils.checkpoint import save_checkpoint
-from config import load_config
 from utils.run_folder import config_to_dict
 from utils.errors import UserError
 

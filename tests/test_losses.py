@@ -7,13 +7,13 @@ from easydict import EasyDict
 from torch.utils._python_dispatch import TorchDispatchMode
 from scipy.stats import norm
 
+from config import load_config
 import losses.archetype_agnostic as archetype_agnostic
 from helpers import DATA, ROOT
 from losses import InstanceEquilibrium, create_loss, fused
 from losses import reference
 from losses.fused import bidirectional_terms, pair_terms, pairwise_terms
 from losses.reference import nonzero_mean
-from config import load_config
 
 CASES = torch.load(os.path.join(DATA, "loss_cases.pt"), weights_only=True)
 # Reference key 'term[A->C]': anchors A, candidates C.

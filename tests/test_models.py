@@ -4,10 +4,10 @@ import pytest
 import torch
 from easydict import EasyDict
 
+from config import load_config
 from helpers import ROOT
 from models import build_model
 from models.face import FaceEncoder
-from config import load_config
 
 SYNTHETIC = load_config(os.path.join(ROOT, "config", "synthetic.yaml"))
 RELEASED = load_config(os.path.join(ROOT, "config", "cfg.yaml"))

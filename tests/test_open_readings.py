@@ -8,9 +8,9 @@ import torch
 from easydict import EasyDict
 from scipy.stats import norm
 
+from config import DEFAULTS, load_config
 from helpers import DATA, ROOT
 from losses import InstanceEquilibrium, create_loss, fused, reference
-from config import DEFAULTS, load_config
 
 CASES = torch.load(os.path.join(DATA, "loss_cases.pt"), weights_only=True)
 # (pair, its two released directions 'anchors->candidates'): direction 1 has anchors Y of the pair (X, Y).

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from helpers import ROOT, load_test_script
 from config import load_config
+from helpers import ROOT, load_test_script
 
 README = os.path.join(ROOT, "README.md")
 DOCUMENTS = [README, *sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))]

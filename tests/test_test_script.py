@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from config import load_config
 from helpers import DATA, ROOT, load_test_script
 from data.lists import ListError, evaluation_lists
 from evaluation import list_features
 from evaluation.features import FeaturesError, as_arrays, save_features_file
-from config import load_config
 
 CASE = os.path.join(DATA, "metric_case")
 REFERENCE = os.path.join(CASE, "embeddings.pt")

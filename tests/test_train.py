@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from losses import create_loss
 from config import load_config
+from losses import create_loss
 from train import learning_rate, plateaued
 from utils.run import FiniteWatch, NonFiniteLoss
 
