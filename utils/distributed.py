@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import torch
@@ -20,6 +20,8 @@ class Context:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    # The launcher's key-value store, for the notes that name a failed rank (stop_after_failure); None alone.
+    notes: dist.Store | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_main(self) -> bool:
@@ -72,17 +74,20 @@ def setup(device_name: str, timeout_minutes: float) -> Context:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         options["device_id"] = device
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
-                            timeout=timedelta(minutes=timeout_minutes), **options)
-    return Context(dist.get_rank(), dist.get_world_size(), local_rank)
+    timeout = timedelta(minutes=timeout_minutes)
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout, **options)
+    # A client of the launcher's store of our own, its keys under a prefix of their own: the store outlives any
+    # rank, so a rank's note (or its pid) is there for the others after it failed or was killed.
+    launcher = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                             timeout=timeout)
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank, dist.PrefixStore("aasm/", launcher))
 
 
 def register_process(ctx: Context) -> None:
     """Note where this rank runs in the launcher's store, so that the others can name it if it vanishes
     (kill -9, out of memory)."""
-    if ctx.enabled:
-        store = dist.distributed_c10d._get_default_store()
-        store.set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
+    if ctx.notes is not None:
+        ctx.notes.set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
 
 
 def name_has_index(device_name: str) -> bool:
@@ -186,10 +191,10 @@ def stop_after_failure(error: BaseException, ctx: Context) -> BaseException:
     collective then breaks, say which rank failed and why instead of a bare connection error. A rank that
     left no note (killed) is named when its process is gone from this host.
     """
-    if not ctx.enabled or not dist.is_initialized() or isinstance(error, RankFailed):
+    if ctx.notes is None or isinstance(error, RankFailed):
         return error
+    store = ctx.notes
     try:
-        store = dist.distributed_c10d._get_default_store()
         others = [rank for rank in range(ctx.world_size) if rank != ctx.rank]
         for rank in others:
             if store.check([FAILURE_KEY.format(rank)]):
