@@ -20,7 +20,7 @@ class Context:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
-    # The launcher's key-value store, for the notes that name a failed rank (stop_after_failure); None alone.
+    # The launcher's key-value store, for the notes that name a failed rank (register_process); None alone.
     notes: dist.Store | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -74,19 +74,20 @@ def setup(device_name: str, timeout_minutes: float) -> Context:
     if device.type == "cuda":
         torch.cuda.set_device(device)
         options["device_id"] = device
-    timeout = timedelta(minutes=timeout_minutes)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=timeout, **options)
-    # A client of the launcher's store of our own, its keys under a prefix of their own: the store outlives any
-    # rank, so a rank's note (or its pid) is there for the others after it failed or was killed.
-    launcher = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
-                             timeout=timeout)
-    return Context(dist.get_rank(), dist.get_world_size(), local_rank, dist.PrefixStore("aasm/", launcher))
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                            timeout=timedelta(minutes=timeout_minutes), **options)
+    return Context(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
 def register_process(ctx: Context) -> None:
     """Note where this rank runs in the launcher's store, so that the others can name it if it vanishes
-    (kill -9, out of memory)."""
-    if ctx.notes is not None:
+    (kill -9, out of memory), or read why it failed (stop_after_failure).
+
+    The notes go through a client of that store of our own, under a prefix of their own: the launcher keeps the
+    store after any rank is gone."""
+    if ctx.enabled:
+        launcher = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+        ctx.notes = dist.PrefixStore("aasm/", launcher)
         ctx.notes.set(PROCESS_KEY.format(ctx.rank), f"{os.getpid()} {socket.gethostname()}")
 
 
