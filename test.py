@@ -124,26 +124,29 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = No
         parser.error("the following arguments are required: --cfg (or --inspect CHECKPOINT)")
     elif args.json:
         parser.error("--json goes with --inspect")
+    elif args.features and args.compare:
+        parser.error("--features evaluates one features file; --compare evaluates runs' checkpoints: give one")
     return args
 
 
 if __name__ == "__main__":
     parse_arguments(build_parser())  # --help and usage errors answer before the imports below (seconds of torch)
 
-# The evaluation's imports, after the command line is known to be valid (flake8: E402 by design).
+# The evaluation's imports, after the command line is known to be valid (flake8: E402 by design). Torch and the
+# encoders are imported where a command embeds files: scoring a compact features file needs neither.
 import os
+from typing import TYPE_CHECKING
 
 from config import load_config, require
 from data.lists import ListError, evaluation_lists, list_path
 from data.provenance import changed_lists
-from evaluation import inspect_checkpoint, own_files
 from evaluation.features import read_features
-from evaluation.list_features import checkpoint_of, model_features
 from evaluation.protocol import Result, evaluate, format_table, write_outputs
-from models.settings import explicit_settings
 from utils.run_folder import run_dir
-from utils.distributed import check_device
 from utils.errors import UserError
+
+if TYPE_CHECKING:
+    from evaluation.inspect_checkpoint import MethodState
 
 
 def result_path_of(cfg) -> str:
@@ -174,14 +177,21 @@ def check_outputs(args: argparse.Namespace, cfg) -> None:
             raise UserError(f"{option} {path}: cannot be written: {folder} is not a writable folder")
 
 
-def main(argv: list[str] | None = None) -> list[Result] | dict | inspect_checkpoint.MethodState:
+def main(argv: list[str] | None = None) -> list[Result] | dict | MethodState:
     parser = build_parser()
     args = parse_arguments(parser, argv)
     if args.inspect:
+        from evaluation import inspect_checkpoint
+
         return inspect_checkpoint.run(args.inspect, args.output, args.json)
     cfg = load_config(args.cfg, args.opts)
-    explicit = explicit_settings(args.opts, args.model_from_config)  # model settings to take from the config
     if not args.features:
+        from evaluation import own_files
+        from evaluation.list_features import checkpoint_of, model_features
+        from models.settings import explicit_settings
+        from utils.distributed import check_device
+
+        explicit = explicit_settings(args.opts, args.model_from_config)  # model settings to take from the config
         check_device(cfg.device)
     check_outputs(args, cfg)
     if args.compare:

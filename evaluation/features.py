@@ -9,14 +9,16 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from evaluation import metrics
-from utils.checkpoint import safe_load
 from utils.errors import UserError
 from utils.files import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 
 class FeaturesError(UserError, ValueError):
@@ -40,6 +42,8 @@ class Features:
 def load_features_file(path: str) -> dict:
     """A features file in the released format (plus our optional 'source' record), read as tensors and plain
     data only: a file holding code is refused unread."""
+    from utils.checkpoint import safe_load  # torch: only the released format needs it
+
     if not os.path.isfile(path):
         raise FeaturesError(f"features file not found: {path}")
     data = safe_load(path, FeaturesError, "features file", unreadable="not a features file")
@@ -71,6 +75,8 @@ def as_arrays(data: dict, path: str) -> Features:
     ids = np.fromiter(map(data["name2id"].get, keys, repeat(-1)), np.int64, len(keys))
     if (ids < 0).any():
         raise FeaturesError(f"{path}: '{keys[int(np.argmax(ids < 0))]}' has an embedding but no identity in name2id")
+    import torch
+
     embeddings = torch.stack(list(map(torch.as_tensor, data["name2feat"].values()))).float().reshape(len(keys), -1)
     embeddings = embeddings.numpy()
     check_embeddings(keys, embeddings, path)
@@ -105,8 +111,10 @@ def read_compact(path: str) -> Features:
         raise FeaturesError(f"{path}: malformed compact features file: keys {keys.shape} {keys.dtype}, embeddings "
                             f"{embeddings.shape} {embeddings.dtype}, ids {ids.shape} {ids.dtype}")
     names = keys.tolist()
-    return Features(dict(zip(names, range(len(names)))), embeddings.astype(np.float32, copy=False),
-                    ids.astype(np.int64, copy=False), source if isinstance(source, dict) else {})
+    embeddings = embeddings.astype(np.float32, copy=False)
+    check_embeddings(names, embeddings, path)
+    return Features(dict(zip(names, range(len(names)))), embeddings, ids.astype(np.int64, copy=False),
+                    source if isinstance(source, dict) else {})
 
 
 def read_features(path: str) -> Features:
@@ -119,6 +127,8 @@ def save_features_file(path: str, keys: list[str], embeddings: torch.Tensor, ids
     """Written atomically (utils/files.py): compact for a `.npz` path, else in the released format (its rows views
     of one tensor, so the file loads fast). Serialised in memory first, so that a full disk is a plain write error
     naming the path."""
+    import torch
+
     buffer = io.BytesIO()
     if is_compact(path):
         np.savez(buffer, keys=np.array(keys, dtype=str), embeddings=embeddings.float().numpy(),

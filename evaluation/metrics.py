@@ -69,10 +69,18 @@ def equal_error_rate(scores: np.ndarray, labels: np.ndarray) -> float:
 # ---------------------------------------------------------------- retrieval
 
 def _searchsorted_rows(sorted_rows: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per row, how many entries of the ascending row are < each value."""
-    import torch  # numpy has no row-wise searchsorted
-
-    return torch.searchsorted(torch.from_numpy(sorted_rows), torch.from_numpy(values)).numpy()
+    """Per row, how many entries of the ascending row are < each value: a binary search of all rows at once,
+    one step per bit of the row length (numpy has no row-wise searchsorted; torch's would cost its import)."""
+    count, width = sorted_rows.shape
+    flat, start = sorted_rows.ravel(), (np.arange(count) * width)[:, None]
+    below = np.zeros(values.shape, dtype=np.int64)
+    step = 1 << (width.bit_length() - 1)
+    while step:  # invariant: the first `below` entries are < value; try `step` more
+        probe = below + step
+        entry = np.take(flat, start + np.minimum(probe, width) - 1)
+        below = np.where((probe <= width) & (entry < values), probe, below)
+        step >>= 1
+    return below
 
 
 def average_precisions(queries: np.ndarray, gallery: np.ndarray, query_ids: np.ndarray,

@@ -45,8 +45,9 @@ def score_histograms(verification: dict[str, tuple[np.ndarray, np.ndarray]], pat
     figure, panels = plt.subplots(1, len(verification), figsize=(4 * len(verification), 3.2), squeeze=False)
     for axes, (name, (scores, labels)) in zip(panels[0], verification.items()):
         bins = np.histogram_bin_edges(scores, 60)
-        axes.hist(scores[labels], bins=bins, alpha=0.6, density=True, label=f"positive ({labels.sum()})")
-        axes.hist(scores[~labels], bins=bins, alpha=0.6, density=True, label=f"negative ({(~labels).sum()})")
+        for same, kind in ((labels, "positive"), (~labels, "negative")):  # one polygon each, not a patch per bin
+            axes.hist(scores[same], bins=bins, alpha=0.6, density=True, histtype="stepfilled",
+                      label=f"{kind} ({same.sum()})")
         axes.set(title=name, xlabel="cosine score")
         axes.legend(fontsize="small")
     panels[0][0].set_ylabel("density")

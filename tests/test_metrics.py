@@ -196,3 +196,12 @@ def test_retrieval_list_reading_and_errors(tmp_path):
         read_retrieval_list(write(tmp_path / "r4.txt", "\nb.jpg\n"), name2row)
     with pytest.raises(ListError, match=r"r5\.txt, line 2: blank line inside the list"):
         read_retrieval_keys(write(tmp_path / "r5.txt", "a.wav\n  \nb.jpg\n"))
+
+
+def test_row_searchsorted_counts_entries_below_each_value():
+    rng = np.random.default_rng(5)
+    for width in (1, 2, 7, 64, 100):
+        rows = np.sort(rng.integers(0, 9, (6, width)).astype(np.float32), axis=1)  # repeats
+        values = np.concatenate([rows[:, rng.integers(0, width, 5)], [[-np.inf, np.inf, -1, 4.5, 9]] * 6], axis=1)
+        expected = [np.searchsorted(row, v, side="left") for row, v in zip(rows, values)]
+        np.testing.assert_array_equal(metrics._searchsorted_rows(rows, values), expected)

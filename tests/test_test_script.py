@@ -162,6 +162,35 @@ def test_features_file_errors(tmp_path):
         run(tmp_path, features=str(tmp_path / "bad.pt"))
 
 
+def test_compact_features_are_scored_without_importing_torch(tmp_path, expected):
+    data = torch.load(REFERENCE, weights_only=True)
+    keys = list(data["name2feat"])
+    compact = tmp_path / "features.npz"
+    save_features_file(str(compact), keys, torch.stack([data["name2feat"][k] for k in keys]),
+                       [data["name2id"][k] for k in keys], [data["name2gender"][k] for k in keys], {})
+    # test.py as the command line runs it, then a look at what it imported.
+    probe = ("import os, runpy, sys; sys.argv = sys.argv[1:]; sys.path.insert(0, os.path.dirname(sys.argv[0])); "
+             "runpy.run_path(sys.argv[0], run_name='__main__'); "
+             "print('torch imported:', 'torch' in sys.modules)")
+    process = subprocess.run([sys.executable, "-c", probe, os.path.join(ROOT, "test.py"), "--cfg", CONFIG,
+                              "--features", str(compact), "--opts", f"dataset.list_dir={CASE}",
+                              f"output_dir={tmp_path}", "testing.bootstrap=20"],
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert process.returncode == 0, process.stderr
+    assert process.stdout.rstrip().endswith("torch imported: False")
+    with open(tmp_path / "synthetic" / "results_test.txt") as f:
+        values = dict(line.split() for line in f)
+    assert {name: round(float(v), 4) for name, v in values.items()} == {
+        name: round(100 * v, 4) for name, v in expected.items()}
+
+
+def test_features_and_compare_together_is_a_usage_error(tmp_path):
+    process = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), "--cfg", CONFIG, "--features",
+                              "f.npz", "--compare", "a", "b"], capture_output=True, text=True, cwd=tmp_path)
+    assert process.returncode == 2
+    assert "--features evaluates one features file; --compare evaluates runs' checkpoints" in process.stderr
+
+
 def test_missing_checkpoint_names_the_config_key(tmp_path):
     with pytest.raises(list_features.MissingCheckpoint, match=r"checkpoint_best\.pth\.tar.*testing\.checkpoint"):
         run(tmp_path, features=None)
