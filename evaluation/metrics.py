@@ -12,7 +12,7 @@ from statistics import NormalDist
 from typing import NamedTuple
 
 import numpy as np
-
+from threadpoolctl import threadpool_limits
 
 
 # ---------------------------------------------------------------- scores
@@ -116,7 +116,8 @@ def average_precisions(queries: np.ndarray, gallery: np.ndarray, query_ids: np.n
 
     step = max(1, chunk_bytes // (4 * len(unit_gallery)))
     blocks = [slice(b, b + step) for b in range(0, len(unit_queries), step)]
-    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+    # A thread per core already: BLAS threads inside each would only wait for one another (1.27x measured).
+    with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool, threadpool_limits(1, user_api="blas"):
         sums = np.concatenate(list(pool.map(precision_sums, blocks)))
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(relevant > 0, sums / relevant, np.nan)
