@@ -222,7 +222,7 @@ def run(cfg, folder: str, resume: str | None, ctx: distributed.Context, device: 
     if ctx.is_main:
         log.info("run %s in %s: iterations %d to %s", state.run_id, folder, state.iteration + 1,
                  cfg_training.max_iter if cfg_training.plateau_patience <= 0 else "the plateau")
-    encoders = distributed.wrap_module(PairEncoder(state.model), ctx, device)
+    encoders = distributed.wrap_module(PairEncoder(state.model, cfg_training.compile), ctx, device)
     amp_dtype = amp_dtype_of(cfg_training, device)
     skipped_steps = torch.zeros((), dtype=torch.long, device=device) if state.scaler.is_enabled() else None
     start = state.iteration + 1

@@ -127,6 +127,9 @@ DEFAULTS: dict[str, Any] = {
         "plateau_patience": 0,
         "amp": "off",  # off | bf16 | fp16 (CUDA only)
         "channels_last": False,
+        # torch.compile for the face encoder's training forward (models/pair_encoder.py): 1.44x per CPU demo
+        # step (docs/benchmarks.md); off by default, as no GPU has run it yet
+        "compile": False,
         "log_iter": 20,
         # Every log_iter: screened anchors, loose pairs, BCR's share of loss and gradient, IE weights
         # (tensorboard `diagnostics/`, summary at the end of train.log); see losses/diagnostics.py.
