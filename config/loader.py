@@ -127,8 +127,8 @@ DEFAULTS: dict[str, Any] = {
         "plateau_patience": 0,
         "amp": "off",  # off | bf16 | fp16 (CUDA only)
         "channels_last": False,
-        # torch.compile for the face encoder's training forward (models/pair_encoder.py): 1.44x per CPU demo
-        # step (docs/benchmarks.md); off by default, as no GPU has run it yet
+        # torch.compile for the face encoder's training forward (models/pair_encoder.py): 1.14x per CPU demo
+        # iteration (docs/benchmarks.md); off by default, as no GPU has run it yet
         "compile": False,
         "log_iter": 20,
         # Every log_iter: screened anchors, loose pairs, BCR's share of loss and gradient, IE weights
