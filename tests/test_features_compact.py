@@ -47,3 +47,12 @@ def test_compact_file_with_mismatched_arrays_is_named(tmp_path):
     np.savez(path, keys=np.array(KEYS))
     with pytest.raises(FeaturesError, match=r"lacks \['embeddings', 'genders', 'ids', 'source'\]"):
         read_features(path)
+
+
+def test_compact_file_with_a_non_finite_embedding_is_named(tmp_path):
+    path = str(tmp_path / "nan.npz")
+    embeddings = torch.ones(3, 4)
+    embeddings[1, 2] = float("nan")
+    save_features_file(path, ["a.wav", "b.wav", "c.jpg"], embeddings, [0, 1, 1], ["m", "f", "f"], {})
+    with pytest.raises(FeaturesError, match=r"nan\.npz: the embedding of 'b\.wav' is not finite \(NaN or inf; 1 of 3"):
+        read_features(path)
