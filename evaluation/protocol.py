@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from data.lists import TABLE_COLUMNS, ListError, ListSpec, list_path, read_list, read_retrieval_list
@@ -78,8 +79,10 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
 def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap: int, seed: int) -> list[Result]:
     """Every list in `lists`, in order; two at a time (numpy releases the GIL, and each list has its own
     random stream, so the values do not depend on the order they finish in)."""
-    with ThreadPoolExecutor(2) as pool, tqdm(total=len(lists), desc="evaluating lists", unit="list",
-                                             leave=False) as bar:
+    # The BLAS limit is process-wide: held here for the pool's whole life, the two retrievals' own limits
+    # (metrics.average_precisions) nest inside it and cannot restore each other's setting while one still runs.
+    with ThreadPoolExecutor(2) as pool, threadpool_limits(1, user_api="blas"), \
+            tqdm(total=len(lists), desc="evaluating lists", unit="list", leave=False) as bar:
         def one(spec: ListSpec) -> Result:
             result = evaluate_list(spec, list_path(list_dir, spec.name), features, bootstrap, seed)
             bar.update(1)
