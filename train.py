@@ -64,8 +64,8 @@ from models.pair_encoder import PairEncoder
 from models.settings import model_settings
 from utils import distributed
 from utils.errors import UserError
-from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
-                       seed_everything)
+from utils.run import (FiniteWatch, Interrupted, StopSignals, keep_cpu_kernels, log_iteration, log_to_file,
+                       override_keys, resume_command, seed_everything)
 from utils.run_folder import release_lock
 from utils.train_state import TrainState, begin_run, keep_other_runs_file, open_run_folder, save, save_periodic
 
@@ -114,10 +114,25 @@ def provenance(cfg) -> dict:
     return {"model_settings": model_settings(cfg), "training_data": training_data(cfg)}
 
 
+def cpu_computes_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively on this CPU (AVX512-BF16 or AMX); elsewhere it emulates it, 6.7x slower
+    than float32 per demo iteration (docs/benchmarks.md)."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and check())
+
+
 def amp_dtype_of(cfg_training, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        return None  # mixed precision is a CUDA feature here; the CPU runs float32
-    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg_training.amp]
+    """The encoders' autocast dtype for training.amp: bf16 or fp16 on CUDA; on the CPU bf16 where it runs natively."""
+    amp = cfg_training.amp
+    if amp == "off":
+        return None
+    if device.type == "cuda":
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    if amp == "bf16" and cpu_computes_bf16():
+        return torch.bfloat16
+    needs = "CUDA" if amp == "fp16" else "CUDA or a CPU with native bf16 (AVX512-BF16 or AMX)"
+    log.warning("training.amp: %s needs %s; the encoders train in float32", amp, needs)
+    return None
 
 
 def embed(encoders: torch.nn.Module, batch: tuple, cfg, device: torch.device,
@@ -188,6 +203,7 @@ def train(cfg, resume: str | None = None, overridden: set[str] = frozenset()) ->
         requested = bool(resume or cfg.training.resume)
         folder, lock, resume, trained_with = open_run_folder(cfg, resume, ctx)
         branching = check_resume_config(trained_with, cfg, overridden, resume)
+        keep_cpu_kernels()
         seed_everything(cfg.seed + ctx.rank, cfg.training.deterministic)
         prepare_if_needed(cfg, ctx)
         return run(cfg, folder, resume, ctx, device, branching, requested)

@@ -125,7 +125,7 @@ DEFAULTS: dict[str, Any] = {
         # 0: stop at max_iter. N > 0: the release's rule, go on past max_iter until
         # the last N validation accuracies are non-increasing.
         "plateau_patience": 0,
-        "amp": "off",  # off | bf16 | fp16 (CUDA only)
+        "amp": "off",  # off | bf16 | fp16: the encoders under autocast; fp16 on CUDA only, bf16 on CPUs with native bf16
         "channels_last": False,
         # torch.compile for the face encoder's training forward (models/pair_encoder.py): 1.14x per CPU demo
         # iteration (docs/benchmarks.md); off by default, as no GPU has run it yet
@@ -322,6 +322,8 @@ def _check_value(key: str, value: Any, default: Any, source: str) -> Any:
         raise ConfigError(f"{source}: config key '{key}' may not be null (expected {expected.__name__})")
     if expected is None:
         return value
+    if value is False and "off" in CHOICES.get(key, ()):
+        value = "off"  # YAML 1.1 reads a bare `off` as false
     value = _check_type(key, value, expected, source)
     if expected is list and default:  # a list of numbers or of strings, like its default
         value = [_check_type(f"{key}[{i}]", v, type(default[0]), source) for i, v in enumerate(value)]

@@ -22,7 +22,7 @@ class LogMelFrontEnd(nn.Module):
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate, n_fft=512, win_length=400, hop_length=160,
-            window_fn=torch.hamming_window, n_mels=n_mels)
+            window_fn=torch.hamming_window, n_mels=n_mels, power=None)  # complex STFT: the power is taken below
         self.instance_norm = nn.InstanceNorm1d(n_mels)
 
     @torch.no_grad()
@@ -30,7 +30,11 @@ class LogMelFrontEnd(nn.Module):
         # Fixed features: no gradient, and float32 even under autocast (log of tiny powers).
         with torch.autocast(device_type=waves.device.type, enabled=False):
             waves = waves.to(torch.promote_types(waves.dtype, torch.float32))  # float64 stays float64
-            return self.instance_norm((self.mel(waves) + 1e-6).log())
+            spectrum = torch.view_as_real(self.mel.spectrogram(waves))
+            # |X|² as re² + im²: 1.4x the front end against torchaudio's |X| then square (complex abs is slow on
+            # the CPU; bench/cpu_training.py --front-end); the same power to rounding
+            power = spectrum[..., 0].square() + spectrum[..., 1].square()
+            return self.instance_norm((self.mel.mel_scale(power) + 1e-6).log())
 
 
 class SEBasicBlock(nn.Module):

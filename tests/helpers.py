@@ -26,6 +26,7 @@ def tiny_opts(root: str) -> list[str]:
             f"dataset.lmdb_dir={root}/lmdb", f"dataset.synthetic.root={root}",
             f"dataset.synthetic.identities={TINY_IDENTITIES}", "dataset.num_workers=0",
             "dataset.image_size=112", "dataset.store_image_size=112", "training.batch_size=4", "training.compile=false",
+            "training.amp=off",
             *TINY_RANGES]
 
 
@@ -43,7 +44,7 @@ def short_run_opts(root: str, output_dir: str) -> list[str]:
             "dataset.split_ranges.train=[id00041, id00080]", f"output_dir={output_dir}", "exp_name=short",
             "training.max_iter=400", "training.lr_steps=[300]", "training.bcr_start_iter=300", "training.ie_start_iter=200",
             "training.ie_refresh_iter=50", "training.val_start=200", "training.val_iter=200",
-            "training.save_iter=200", "testing.bootstrap=50", "training.compile=false"]
+            "training.save_iter=200", "testing.bootstrap=50", "training.compile=false", "training.amp=off"]
 
 
 def load_test_script():

@@ -46,6 +46,10 @@ def test_opts_override_with_type_checking():
         load_config("config/cfg.yaml", ["training.batch_size=abc"])
     with pytest.raises(ConfigError, match="training.amp.*one of"):
         load_config("config/cfg.yaml", ["training.amp=fp8"])
+    # YAML reads a bare `off` as false: the choice it names is meant
+    assert load_config("config/synthetic.yaml", ["training.amp=off"]).training.amp == "off"
+    with pytest.raises(ConfigError, match="training.amp.*expects str, got bool True"):
+        load_config("config/cfg.yaml", ["training.amp=on"])
     with pytest.raises(ConfigError, match="expected key=value"):
         load_config("config/cfg.yaml", ["training.lr"])
 

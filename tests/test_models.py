@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+import torchaudio
 from easydict import EasyDict
 
 from config import load_config
@@ -45,6 +46,16 @@ def test_voice_front_end_is_fixed_log_mel(small_model):
     assert not features.requires_grad and not any(p.requires_grad for p in front_end.parameters())
     # Instance norm over time: every mel bin has zero mean.
     torch.testing.assert_close(features.mean(-1), torch.zeros(2, SYNTHETIC.models.voice.n_mels), atol=1e-4, rtol=0)
+
+
+def test_voice_front_end_is_torchaudios_log_mel_power_spectrogram(small_model):
+    """The power taken as re² + im² (models/voice.py) is torchaudio's |X|² to rounding."""
+    front_end = small_model.voice_encoder.front_end
+    waves = torch.randn(3, 24000, generator=torch.Generator().manual_seed(0)) * 3000
+    plain = torchaudio.transforms.MelSpectrogram(sample_rate=16000, n_fft=512, win_length=400, hop_length=160,
+                                                 window_fn=torch.hamming_window, n_mels=SYNTHETIC.models.voice.n_mels)
+    expected = torch.nn.functional.instance_norm((plain(waves) + 1e-6).log())
+    torch.testing.assert_close(front_end(waves), expected, rtol=1e-5, atol=3e-5)  # log of float32 powers
 
 
 def test_training_gradients_reach_both_encoders():
