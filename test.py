@@ -35,6 +35,7 @@ import argparse
 import sys
 
 from config import OPTS_HELP
+from utils.cpu import numpy_sorts_without_avx512
 
 EXAMPLES = """examples:
   python test.py --cfg config/synthetic.yaml                  # the demo run's checkpoint_best
@@ -131,6 +132,7 @@ def parse_arguments(parser: argparse.ArgumentParser, argv: list[str] | None = No
 
 if __name__ == "__main__":
     parse_arguments(build_parser())  # --help and usage errors answer before the imports below (seconds of torch)
+    numpy_sorts_without_avx512()  # on Zen 4 only; numpy reads the switch when the imports below load it
 
 # The evaluation's imports, after the command line is known to be valid (flake8: E402 by design). Torch and the
 # encoders are imported where a command embeds files: scoring a compact features file needs neither.
@@ -141,7 +143,8 @@ from config import load_config, require
 from data.lists import ListError, evaluation_lists, list_path
 from data.provenance import changed_lists
 from evaluation.features import read_features
-from evaluation.protocol import Result, evaluate, format_table, write_outputs
+from evaluation.protocol import (FIGURE_SUFFIXES, OUTPUT_SUFFIXES, Result, evaluate, figure_paths, format_table,
+                                 write_outputs)
 from utils.run_folder import run_dir
 from utils.errors import UserError
 
@@ -162,7 +165,7 @@ def check_outputs(args: argparse.Namespace, cfg) -> None:
              for t in evaluation_lists(cfg.testing.split, cfg.dataset.match_n, cfg.dataset.list_dir)]
     inputs = {os.path.realpath(p): p for p in named + lists if p}
     stem = os.path.splitext(result_path_of(cfg))[0]
-    results = [("testing.result_path", stem + suffix) for suffix in (".txt", ".json", "_roc.png", "_scores.png")]
+    results = [("testing.result_path", stem + suffix) for suffix in OUTPUT_SUFFIXES + FIGURE_SUFFIXES]
     outputs = [("--output", args.output), ("--plot", args.plot), *([] if args.compare else results)]
     for option, path in outputs:
         if not path:
@@ -221,11 +224,12 @@ def main(argv: list[str] | None = None) -> list[Result] | dict | MethodState:
         features.source = {"features_file": os.path.abspath(args.features), **features.source}
     else:
         features = model_features(cfg, lists, checkpoint, explicit)
-    results = evaluate(features, cfg.dataset.list_dir, lists, cfg.testing.bootstrap, cfg.testing.ci_seed)
+    result_path = result_path_of(cfg)
+    figures = os.path.splitext(result_path)[0]
+    results = evaluate(features, cfg.dataset.list_dir, lists, cfg.testing.bootstrap, cfg.testing.ci_seed, figures)
     table = format_table(results, f"{cfg.exp_name}, {split} split")
     print(table)
-    result_path = result_path_of(cfg)
-    written = write_outputs(results, table, result_path, features.source, cfg)
+    written = write_outputs(results, table, result_path, features.source, cfg) + figure_paths(results, figures)
     print("written: " + ", ".join(written))
     return results
 

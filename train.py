@@ -64,8 +64,9 @@ from models.pair_encoder import PairEncoder
 from models.settings import model_settings
 from utils import distributed
 from utils.errors import UserError
-from utils.run import (FiniteWatch, Interrupted, StopSignals, keep_cpu_kernels, log_iteration, log_to_file,
-                       override_keys, resume_command, seed_everything)
+from utils.cpu import keep_cpu_kernels
+from utils.run import (FiniteWatch, Interrupted, StopSignals, log_iteration, log_to_file, override_keys, resume_command,
+                       seed_everything)
 from utils.run_folder import release_lock
 from utils.train_state import TrainState, begin_run, keep_other_runs_file, open_run_folder, save, save_periodic
 

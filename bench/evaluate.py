@@ -22,12 +22,16 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-import torch
-from sklearn.metrics import roc_auc_score
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+
+from utils.cpu import numpy_sorts_without_avx512  # noqa: E402
+
+numpy_sorts_without_avx512()  # as test.py does, before numpy loads: the vectorised timings are test.py's
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from data.lists import list_names, list_path, list_specs, make_list, read_list, read_retrieval_list  # noqa: E402
 from data.splits import Identity  # noqa: E402

@@ -20,7 +20,7 @@ from config import load_config
 from data.lists import ListError, ListSpec, evaluation_lists, list_path
 from evaluation import metrics
 from evaluation.features import Features
-from evaluation.protocol import Result, evaluate, format_table, write_outputs
+from evaluation.protocol import OUTPUT_SUFFIXES, Result, evaluate, format_table, write_outputs
 from utils.checkpoint import latest_checkpoint
 from utils.errors import UserError
 from utils.files import atomic_write
@@ -93,8 +93,11 @@ def evaluate_run(folder: str, cfg, lists: list[ListSpec], features_of: Callable)
     run_cfg = run_config(folder, cfg)
     warn_if_unfinished(folder, run_cfg)
     features: Features = features_of(run_cfg, lists)
-    results = evaluate(features, cfg.dataset.list_dir, lists, run_cfg.testing.bootstrap, run_cfg.testing.ci_seed)
-    if not os.path.isfile(os.path.splitext(run_cfg.testing.result_path)[0] + ".json"):
+    stem = os.path.splitext(run_cfg.testing.result_path)[0]
+    unwritten = not os.path.isfile(stem + OUTPUT_SUFFIXES[1])
+    results = evaluate(features, cfg.dataset.list_dir, lists, run_cfg.testing.bootstrap, run_cfg.testing.ci_seed,
+                       stem if unwritten else None)
+    if unwritten:
         table = format_table(results, f"{run_cfg.exp_name}, {run_cfg.testing.split} split")
         write_outputs(results, table, run_cfg.testing.result_path, features.source, run_cfg)
     return results

@@ -76,19 +76,51 @@ def evaluate_list(spec: ListSpec, path: str, features: Features, bootstrap: int,
                   identities)
 
 
-def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap: int, seed: int) -> list[Result]:
-    """Every list in `lists`, in order; two at a time (numpy releases the GIL, and each list has its own
-    random stream, so the values do not depend on the order they finish in)."""
-    # The BLAS limit is process-wide: held here for the pool's whole life, the two retrievals' own limits
+# What a test run writes beside testing.result_path (its stem): the values, and the verification lists' figures.
+OUTPUT_SUFFIXES = (".txt", ".json")
+FIGURE_SUFFIXES = ("_roc.png", "_scores.png")
+
+
+def figure_paths(results: list[Result], stem: str) -> list[str]:
+    """Where `draw_figures` puts the figures of these results: none without a verification list."""
+    return [stem + suffix for suffix in FIGURE_SUFFIXES] if any(r.scores is not None for r in results) else []
+
+
+def draw_figures(results: list[Result], stem: str) -> list[str]:
+    """ROC curves and score histograms of the verification lists among `results`; returns their paths."""
+    paths = figure_paths(results, stem)
+    if not paths:
+        return []
+    from evaluation import plots  # matplotlib: only where figures are drawn
+
+    verification = {r.spec.name: (r.scores, r.labels) for r in results if r.scores is not None}
+    return [plots.roc_curves(verification, paths[0]), plots.score_histograms(verification, paths[1])]
+
+
+def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap: int, seed: int,
+             figures: str | None = None) -> list[Result]:
+    """Every list in `lists`, returned in order; two at a time (numpy releases the GIL, and each list has its own
+    random stream, so the values do not depend on the order they finish in). The short lists go first, the
+    verification lists first of all: with `figures` (a path stem) their figures are drawn (`draw_figures`) on a
+    thread of their own while the retrievals, most of the work, still run."""
+    # The BLAS limit is process-wide: held here for the pools' whole life, the two retrievals' own limits
     # (metrics.average_precisions) nest inside it and cannot restore each other's setting while one still runs.
-    with ThreadPoolExecutor(2) as pool, threadpool_limits(1, user_api="blas"), \
+    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(2) as lanes, ThreadPoolExecutor(1) as drawing, \
             tqdm(total=len(lists), desc="evaluating lists", unit="list", leave=False) as bar:
         def one(spec: ListSpec) -> Result:
             result = evaluate_list(spec, list_path(list_dir, spec.name), features, bootstrap, seed)
             bar.update(1)
             return result
 
-        return list(pool.map(one, lists))
+        started = sorted(lists, key=lambda spec: ("verification", "matching", "retrieval").index(spec.task))
+        futures = {id(spec): lanes.submit(one, spec) for spec in started}
+        if figures is not None:
+            verified = [futures[id(spec)] for spec in lists if spec.task == "verification"]
+            drawn = drawing.submit(lambda: draw_figures([future.result() for future in verified], figures))
+        results = [futures[id(spec)].result() for spec in lists]
+        if figures is not None:
+            drawn.result()  # its error (a full disk) is raised here
+        return results
 
 
 def _cell(result: Result | None) -> str:
@@ -115,9 +147,7 @@ def format_table(results: list[Result], label: str) -> str:
 
 
 def write_outputs(results: list[Result], table: str, result_path: str, source: dict, cfg) -> list[str]:
-    """`list value` lines (%) at result_path, everything in a JSON beside it, and the plots; returns the paths."""
-    from evaluation import plots
-
+    """`list value` lines (%) at result_path and everything in a JSON beside it; returns the two paths."""
     with atomic_write(result_path) as f:
         f.writelines(f"{r.spec.name} {100 * r.value:.4f}\n" for r in results)
     stem = os.path.splitext(result_path)[0]
@@ -134,11 +164,6 @@ def write_outputs(results: list[Result], table: str, result_path: str, source: d
                   for r in results},
         "table": table,
     }
-    with atomic_write(stem + ".json") as f:
+    with atomic_write(stem + OUTPUT_SUFFIXES[1]) as f:
         json.dump(summary, f, indent=1)
-    verification = {r.spec.name: (r.scores, r.labels) for r in results if r.scores is not None}
-    written = [result_path, stem + ".json"]
-    if verification:
-        written += [plots.roc_curves(verification, stem + "_roc.png"),
-                    plots.score_histograms(verification, stem + "_scores.png")]
-    return written
+    return [result_path, stem + OUTPUT_SUFFIXES[1]]

@@ -11,7 +11,7 @@ import train as train_module
 from helpers import tiny_config
 from models import build_model
 from train import amp_dtype_of, train
-from utils.run import CPU_KERNEL_CACHE, keep_cpu_kernels
+from utils.cpu import CPU_KERNEL_CACHE, keep_cpu_kernels
 
 CPU = torch.device("cpu")
 SMALL = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",

@@ -155,13 +155,13 @@ def fill(disk, leave: int) -> None:
 def test_a_full_disk_while_writing_results_is_one_line_naming_the_file(tmp_path, small_disk):
     script.main(features_argv(tmp_path / "plenty"))  # the sizes the results need
     sizes = {name: os.path.getsize(tmp_path / "plenty" / "synthetic" / name) for name in
-             ("results_test.txt", "results_test.json", "results_test_roc.png")}
+             ("results_test_roc.png", "results_test_scores.png", "results_test.txt")}
     page = os.statvfs(small_disk).f_frsize
     pages = {name: -(-size // page) * page for name, size in sizes.items()}
     run = small_disk / "synthetic"
     run.mkdir()
-    for failing, leave in (("results_test.json", pages["results_test.txt"]),
-                           ("results_test_roc.png", pages["results_test.txt"] + pages["results_test.json"])):
+    # The figures are drawn while the retrievals run, so they are written first; then the values and the JSON.
+    for failing, leave in (("results_test_roc.png", 0), ("results_test.json", sum(pages.values()))):
         for name in os.listdir(run):
             os.unlink(run / name)
         fill(small_disk, leave)
@@ -169,8 +169,9 @@ def test_a_full_disk_while_writing_results_is_one_line_naming_the_file(tmp_path,
             script.main(features_argv(small_disk))
         assert not [name for name in os.listdir(run) if name.startswith(".tmp_")]
         os.unlink(small_disk / "filler")
-    assert json.loads((run / "results_test.json").read_text()) == json.loads(
-        (tmp_path / "plenty" / "synthetic" / "results_test.json").read_text())  # the last pass wrote it whole
+    # the last pass wrote what comes before the JSON whole
+    assert (run / "results_test.txt").read_text() == (tmp_path / "plenty" / "synthetic" / "results_test.txt").read_text()
+    assert (run / "results_test_scores.png").stat().st_size == sizes["results_test_scores.png"]
 
 
 def test_a_full_disk_while_caching_features_is_one_line(small_disk):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from helpers import DATA
 from data.lists import ListError, list_files, read_list, read_retrieval_keys, read_retrieval_list
@@ -75,6 +75,18 @@ def test_auc_and_eer_with_ties_match_definitions():
     assert min(fpr[i - 1], 1 - tpr[i]) <= eer <= max(fpr[i], 1 - tpr[i - 1])
     with pytest.raises(ValueError, match="both"):
         metrics.roc_auc(scores, np.ones(500, bool))
+
+
+@pytest.mark.parametrize("decimals, dtype", [(0, np.float32), (1, np.float64), (2, np.float32), (6, np.float64)])
+def test_roc_curve_and_auc_are_scikit_learns(decimals, dtype):
+    """metrics.roc_curve is scikit-learn's roc_curve (drop_intermediate=False) to the bit, ties included; the AUC
+    its roc_auc_score to rounding (scikit-learn drops collinear points before summing the trapezoids)."""
+    rng = np.random.default_rng(decimals)
+    scores = np.round(rng.standard_normal(3000), decimals).astype(dtype)
+    labels = rng.random(3000) < 0.2 + 0.1 * (scores > 0)
+    for got, expected in zip(metrics.roc_curve(scores, labels), roc_curve(labels, scores, drop_intermediate=False)):
+        np.testing.assert_array_equal(got, expected)
+    assert metrics.roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
 def test_average_precision_matches_sklearn_with_ties_across_blocks():

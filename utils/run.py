@@ -42,19 +42,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
     torch.backends.cudnn.benchmark = not deterministic
 
 
-# Kernels oneDNN keeps per process. Every batch draws its voice crops' length anew (101 frame counts in the demo),
-# each length has its own forward and backward kernels for every convolution, and at the default of 1024 they are
-# evicted before their length comes round again (bench/cpu_training.py --kernel-cache).
-CPU_KERNEL_CACHE = 16384
-
-
-def keep_cpu_kernels(capacity: int = CPU_KERNEL_CACHE) -> None:
-    """Enlarge oneDNN's kernel cache and PyTorch's own cache of oneDNN kernels, unless the environment sizes them.
-    Both are read when the process runs its first CPU convolution: call this before."""
-    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):
-        os.environ.setdefault(name, str(capacity))
-
-
 def duration(seconds: float) -> str:
     minutes, seconds = divmod(int(round(seconds)), 60)
     return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
