@@ -99,6 +99,20 @@ def test_mixed_precision_forward_keeps_the_loss_in_float32():
     torch.testing.assert_close(losses[torch.bfloat16], losses[None], rtol=0.05, atol=0.05)
 
 
+def test_global_batch_norm_under_bf16_autocast_is_batch_norms():
+    """A CPU run under training.amp: bf16 hands the batch norm bf16 activations: the statistics are kept in float32,
+    as batch_norm keeps them (bf16 statistics, or a bf16 mean lerped into the float32 running mean, failed)."""
+    torch.manual_seed(0)
+    conv, ours, torchs = torch.nn.Conv2d(3, 8, 3), distributed.GlobalBatchNorm(8), torch.nn.BatchNorm2d(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        activations = conv(torch.randn(4, 3, 16, 16))
+        got, expected = ours(activations), torchs(activations)
+    assert activations.dtype == got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(ours.running_mean, torchs.running_mean)
+    torch.testing.assert_close(ours.running_var, torchs.running_var)
+
+
 FIRST, STEPS = 7, 6  # iterations 7-12: IE refreshes at 8 and 12, BCR from 10
 
 

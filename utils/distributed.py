@@ -239,6 +239,10 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training:
             return super().forward(x)
+        dtype = x.dtype
+        # The statistics in float32 at least, as batch_norm keeps them: under bf16 autocast the convolution hands
+        # over bf16, which can count the 81,920 positions of a 64-px batch only to 81,920 ± 256.
+        x = x.to(torch.promote_types(dtype, torch.float32))
         dims = (0, 2, 3)
         count = sum_over_ranks(torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype))
         mean = sum_over_ranks(x.sum(dims)) / count
@@ -246,10 +250,10 @@ class GlobalBatchNorm(nn.BatchNorm2d):
         variance = sum_over_ranks(centred.square().sum(dims)) / count
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
-            self.running_mean.lerp_(mean.detach(), self.momentum)
-            self.running_var.lerp_(variance.detach() * count / (count - 1), self.momentum)
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_((variance.detach() * count / (count - 1)).to(self.running_var.dtype), self.momentum)
         scale = self.weight / (variance + self.eps).sqrt()
-        return centred * scale[None, :, None, None] + self.bias[None, :, None, None]
+        return (centred * scale[None, :, None, None] + self.bias[None, :, None, None]).to(dtype)
 
 
 class SumOverRanks(torch.autograd.Function):
