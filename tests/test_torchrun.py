@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from helpers import ROOT, tiny_config, save_config
+from train import cpu_computes_bf16
 from utils.train_state import resumable_checkpoint
 
 OPTS = ["models.face.units=[1,1,1,1]", "models.face.widths=[8,8,16,16]", "models.face.head_hidden=16",
@@ -84,6 +85,16 @@ def test_two_processes_train_validate_save_and_resume(tiny_cfg, tmp_path):
     one = single(reference_path)
     assert one.returncode == 0, one.stderr[-3000:]
     assert_same_weights(load(run / "checkpoint_1.pth.tar"), load(reference_run / "checkpoint_1.pth.tar"))
+
+
+@pytest.mark.skipif(not cpu_computes_bf16(), reason="this CPU has no native bf16")
+def test_two_processes_under_bf16_autocast(tiny_cfg, tmp_path):
+    """The CPU demo's training.amp: bf16 under torchrun: the batch norm over both processes gets bf16 activations."""
+    path, run = write_config(tiny_cfg, tmp_path, "bf16", "training.amp=bf16", "training.max_iter=2")
+    result = torchrun(path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    saved = load(run / "checkpoint_2.pth.tar")
+    assert len(saved["val_history"]) == 1 and all(v.dtype != torch.bfloat16 for v in saved["model"].values())
 
 
 @pytest.mark.slow
