@@ -145,7 +145,8 @@ def front_end(rounds: int = 5, calls: int = 40) -> None:
     def plain(waves: torch.Tensor) -> torch.Tensor:
         return ours.instance_norm((plain_mel(waves) + 1e-6).log())
 
-    waves = as_float(synthetic_batch(cfg, torch.device("cpu"), torch.Generator().manual_seed(0))[1], torch.device("cpu"))
+    cpu = torch.device("cpu")
+    waves = as_float(synthetic_batch(cfg, cpu, torch.Generator().manual_seed(0))[1], cpu)
     seconds = {"torchaudio |X|^2": 0.0, "re^2 + im^2 (models/voice.py)": 0.0}
     functions = dict(zip(seconds, (plain, ours)))
     for _ in range(rounds):
@@ -192,9 +193,9 @@ def kernel_cache(rounds: int, batches: int) -> None:
                        "--batches", str(batches)]
             output = subprocess.run(command, env=environment, check=True, capture_output=True, text=True).stdout
             rates[name].append(float(output.split()[-1]))
-    print(f"config/synthetic.yaml step (eager, training.amp as the config sets it), {batches // 2} batches to fill the caches, then "
-          f"{batches - batches // 2} timed, crop lengths new every batch; {rounds} rounds, alternating, load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
+    print(f"config/synthetic.yaml step (eager, training.amp as the config sets it), {batches // 2} batches to fill "
+          f"the caches, then {batches - batches // 2} timed, crop lengths new every batch; {rounds} rounds, "
+          f"alternating, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n")
     print("| oneDNN kernel caches | s/iteration, each round | mean | speed vs default |\n|---|---|---|---|")
     base = sum(rates["default (1024)"]) / rounds
     for name, values in rates.items():

@@ -125,7 +125,8 @@ DEFAULTS: dict[str, Any] = {
         # 0: stop at max_iter. N > 0: the release's rule, go on past max_iter until
         # the last N validation accuracies are non-increasing.
         "plateau_patience": 0,
-        "amp": "off",  # off | bf16 | fp16: the encoders under autocast; fp16 on CUDA only, bf16 on CPUs with native bf16
+        # off | bf16 | fp16: the encoders under autocast; fp16 on CUDA only, bf16 also on CPUs with native bf16
+        "amp": "off",
         "channels_last": False,
         # torch.compile for the face encoder's training forward (models/pair_encoder.py): 1.14x per CPU demo
         # iteration (docs/benchmarks.md); off by default, as no GPU has run it yet

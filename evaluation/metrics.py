@@ -166,7 +166,8 @@ def wilson_interval(successes: np.ndarray | int, trials: np.ndarray | int,
 def resample_counts(size: int, replicates: int, rng: np.random.Generator) -> np.ndarray:
     """(replicates, size) int32 multiplicities of bootstrap draws of `size` items with replacement."""
     dtype = np.int32 if replicates * size < 2**31 else np.int64  # 32-bit draws: a third less time per draw
-    draws = rng.integers(0, size, size=(replicates, size), dtype=dtype) + (np.arange(replicates, dtype=dtype) * size)[:, None]
+    offsets = (np.arange(replicates, dtype=dtype) * size)[:, None]
+    draws = rng.integers(0, size, size=(replicates, size), dtype=dtype) + offsets
     return np.bincount(draws.ravel(), minlength=replicates * size).astype(np.int32).reshape(replicates, size)
 
 

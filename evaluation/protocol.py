@@ -112,12 +112,12 @@ def evaluate(features: Features, list_dir: str, lists: list[ListSpec], bootstrap
             bar.update(1)
             return result
 
-        started = sorted(lists, key=lambda spec: ("verification", "matching", "retrieval").index(spec.task))
-        futures = {id(spec): lanes.submit(one, spec) for spec in started}
+        order = sorted(range(len(lists)), key=lambda i: ("verification", "matching", "retrieval").index(lists[i].task))
+        futures = {i: lanes.submit(one, lists[i]) for i in order}
         if figures is not None:
-            verified = [futures[id(spec)] for spec in lists if spec.task == "verification"]
+            verified = [futures[i] for i, spec in enumerate(lists) if spec.task == "verification"]
             drawn = drawing.submit(lambda: draw_figures([future.result() for future in verified], figures))
-        results = [futures[id(spec)].result() for spec in lists]
+        results = [futures[i].result() for i in range(len(lists))]
         if figures is not None:
             drawn.result()  # its error (a full disk) is raised here
         return results

@@ -9,8 +9,8 @@ import pytest
 from helpers import ROOT
 from utils.cpu import NUMPY_AVX512, cpu_identity, numpy_sorts_without_avx512
 
-ZEN4 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\nflags\t\t: fpu sse avx2 avx512f\n\n" \
-       "processor\t: 1\nvendor_id\t: GenuineIntel\n"
+ZEN4 = ("processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n"
+        "flags\t\t: fpu sse avx2 avx512f\n\nprocessor\t: 1\nvendor_id\t: GenuineIntel\n")
 
 
 @pytest.mark.parametrize("text, switched", [

@@ -170,7 +170,8 @@ def test_a_full_disk_while_writing_results_is_one_line_naming_the_file(tmp_path,
         assert not [name for name in os.listdir(run) if name.startswith(".tmp_")]
         os.unlink(small_disk / "filler")
     # the last pass wrote what comes before the JSON whole
-    assert (run / "results_test.txt").read_text() == (tmp_path / "plenty" / "synthetic" / "results_test.txt").read_text()
+    plenty = tmp_path / "plenty" / "synthetic"
+    assert (run / "results_test.txt").read_text() == (plenty / "results_test.txt").read_text()
     assert (run / "results_test_scores.png").stat().st_size == sizes["results_test_scores.png"]
 
 
