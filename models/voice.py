@@ -31,8 +31,8 @@ class LogMelFrontEnd(nn.Module):
         with torch.autocast(device_type=waves.device.type, enabled=False):
             waves = waves.to(torch.promote_types(waves.dtype, torch.float32))  # float64 stays float64
             spectrum = torch.view_as_real(self.mel.spectrogram(waves))
-            # |X| squared as re² + im²: 1.7-2.1x the front end against torchaudio's |X| then square (complex abs is slow on
-            # the CPU; bench/cpu_training.py --front-end); the same power to rounding
+            # |X| squared as re² + im²: 1.7-2.1x the front end against torchaudio's |X| then square (complex abs
+            # is slow on the CPU; bench/cpu_training.py --front-end); the same power to rounding
             power = spectrum[..., 0].square() + spectrum[..., 1].square()
             return self.instance_norm((self.mel.mel_scale(power) + 1e-6).log())
 
